@@ -1,0 +1,55 @@
+"""Shared test helpers: where ../shared lives, and how a missing shared file behaves.
+
+Under ``CI=true`` a missing shared file is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FALCO_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+FACES = SHARED / "data" / "faces"
+CELEBA_IDS = SHARED / "data" / "celeba-ids"
+
+
+def shared_path(*parts: str) -> Path:
+    """Return a path under ../shared; skip the test if absent, fail under CI=true."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        msg = f"shared file missing: {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def load_fixture(name: str) -> dict:
+    """torch.load a parity fixture from ../shared/fixtures with weights_only=True."""
+    import torch
+
+    return torch.load(shared_path("fixtures", name), map_location="cpu", weights_only=True)
+
+
+def synth_module():
+    """Import ../shared/fixtures/synth_weights.py (the rule that regenerates synthetic weights)."""
+    import importlib.util
+
+    path = shared_path("fixtures", "synth_weights.py")
+    spec = importlib.util.spec_from_file_location("falco_synth_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import torch
+
+    torch.manual_seed(0)
+    yield
