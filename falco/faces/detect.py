@@ -1,0 +1,199 @@
+"""Face detectors and the 68-point landmark predictor, behind one small protocol.
+
+The dlib models come from the PyPI package ``face-recognition-models``. They are loaded
+lazily, on first use, and cached once per process; a :class:`Detector` instance itself is
+cheap. Images must be RGB ``uint8`` arrays decoded by Pillow (see :mod:`falco.imageio`);
+dlib's own JPEG reader is never used, because decoders disagree by a few pixels on small
+faces.
+
+Boxes are ``(x0, y0, x1, y1)`` integer pixel bounds, half-open (``x1 = left + width``), and
+may reach outside the image as dlib's do. Landmarks are ``[68, 2]`` float ``(x, y)`` in
+source pixels (pixel centres at integers), in the iBUG 300-W order.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from falco.errors import InputError, ModelNotFoundError
+
+__all__ = [
+    "Box",
+    "CnnDetector",
+    "Detector",
+    "DlibDetector",
+    "HogDetector",
+    "check_image",
+    "dlib_model_path",
+    "get_detector",
+]
+
+Box = tuple[int, int, int, int]
+
+#: Environment variable naming a folder that holds the dlib ``.dat`` files (optional).
+MODELS_ENV = "FALCO_DLIB_MODELS"
+LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
+MMOD_DETECTOR = "mmod_human_face_detector.dat"
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What :func:`falco.align.detect_and_align` needs from a face detector."""
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float | None]]:
+        """Find faces. Shape: ``image`` ``[H, W, 3]`` uint8 RGB. Returns ``(box, score)`` pairs."""
+        ...
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """68 landmarks of the face in ``box``. Shape: ``[68, 2]`` float, ``(x, y)``."""
+        ...
+
+
+def check_image(image: object, name: str = "image") -> np.ndarray:
+    """Validate an RGB uint8 image and return it C-contiguous.
+
+    Shape: ``[H, W, 3]``, dtype ``uint8``.
+
+    Raises:
+        InputError: Not a numpy array, wrong dtype, wrong shape or empty.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"{name} must have dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{name} must have shape [H, W, 3] (RGB), got {list(image.shape)}")
+    return np.ascontiguousarray(image)
+
+
+def dlib_model_path(filename: str) -> Path:
+    """Locate a dlib model file: ``$FALCO_DLIB_MODELS``, else the ``face_recognition_models`` package.
+
+    The package is located with :func:`importlib.util.find_spec`, without importing it
+    (its ``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship).
+
+    Raises:
+        ModelNotFoundError: The file is in neither place.
+    """
+    candidates: list[Path] = []
+    if os.environ.get(MODELS_ENV):
+        candidates.append(Path(os.environ[MODELS_ENV]) / filename)
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(loc) / "models" / filename for loc in spec.submodule_search_locations]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"dlib model {filename!r} not found (looked in: {', '.join(map(str, candidates)) or 'nowhere'}); "
+        f"install it with `pip install face-recognition-models` or set ${MODELS_ENV}"
+    )
+
+
+@functools.cache
+def _hog_model():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _cnn_model():
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(dlib_model_path(MMOD_DETECTOR)))
+
+
+@functools.cache
+def _shape_model():
+    import dlib
+
+    return dlib.shape_predictor(str(dlib_model_path(LANDMARKS_68)))
+
+
+def _check_upsample(upsample: object) -> int:
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
+        raise InputError(f"upsample must be an int in 0..4, got {upsample!r}")
+    return int(upsample)
+
+
+def _rect_to_box(rect) -> Box:
+    return (int(rect.left()), int(rect.top()), int(rect.right()) + 1, int(rect.bottom()) + 1)
+
+
+class DlibDetector:
+    """Common part of the dlib detectors: the 68-point shape predictor."""
+
+    def __init__(self, upsample: int = 1) -> None:
+        self.upsample = _check_upsample(upsample)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(upsample={self.upsample})"
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float | None]]:
+        raise NotImplementedError
+
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """68 iBUG landmarks from dlib's ``shape_predictor_68_face_landmarks``.
+
+        Shape: ``image`` ``[H, W, 3]`` uint8; returns ``[68, 2]`` float64 ``(x, y)``.
+        """
+        import dlib
+
+        x0, y0, x1, y1 = (int(v) for v in box)
+        shape = _shape_model()(check_image(image), dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+
+class HogDetector(DlibDetector):
+    """dlib's HOG + linear SVM frontal face detector (``get_frontal_face_detector``)."""
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float | None]]:
+        """Boxes and SVM scores. Shape: ``image`` ``[H, W, 3]`` uint8 RGB."""
+        rects, scores, _ = _hog_model().run(check_image(image), self.upsample, 0.0)
+        return [(_rect_to_box(r), float(s)) for r, s in zip(rects, scores, strict=True)]
+
+
+class CnnDetector(DlibDetector):
+    """dlib's CNN (max-margin object detection) face detector, ``mmod_human_face_detector``.
+
+    More robust to pose than HOG, but slow on a CPU (seconds per photo).
+    """
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float | None]]:
+        """Boxes and confidences. Shape: ``image`` ``[H, W, 3]`` uint8 RGB."""
+        dets = _cnn_model()(check_image(image), self.upsample)
+        return [(_rect_to_box(d.rect), float(d.confidence)) for d in dets]
+
+
+_DETECTORS: dict[str, type[DlibDetector]] = {"hog": HogDetector, "cnn": CnnDetector}
+
+
+def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detector:
+    """Resolve a detector name (``'hog'``, ``'cnn'``) or pass an instance through.
+
+    ``upsample`` (how many times dlib doubles the image first; each doubling finds faces
+    half as large, at four times the cost) applies to named detectors only: an instance
+    keeps its own settings.
+
+    Raises:
+        InputError: An unknown name, an object without ``detect``/``landmarks``, or a bad
+            ``upsample``.
+    """
+    if isinstance(detector, str):
+        cls = _DETECTORS.get(detector.lower())
+        if cls is None:
+            raise InputError(f"detector must be one of {sorted(_DETECTORS)} or a Detector, got {detector!r}")
+        return cls(upsample=upsample)
+    if not isinstance(detector, Detector):
+        raise InputError(
+            f"detector must be one of {sorted(_DETECTORS)} or an object with detect() and landmarks(), "
+            f"got {type(detector).__name__}"
+        )
+    return detector
