@@ -1,0 +1,200 @@
+"""FALCO's identity and attribute losses, batched, with per-sample values.
+
+Definitions (chi0tzp/FALCO ``lib/id_loss.py`` and ``lib/attr_loss.py``, branch ``cvpr23``):
+
+* identity: ``|cos(E_A(x_anon), E_A(x_real)) - m|`` with ArcFace embeddings ``E_A`` and the real
+  face's embedding detached. ``m = 0`` (the paper's default) pushes the anonymized face to be
+  orthogonal to the real identity. Upstream's batch loop overwrites instead of accumulating
+  (``loss = ...`` then ``loss / n``), so it only counts the last sample; we take the mean over
+  the batch, which is what its ``/ n_samples`` intends and equals upstream for batch size 1.
+* attribute: upstream sums ``nn.L1Loss()`` over the token axis, i.e. for each token the mean
+  absolute difference over batch and channels, summed over the N = 197 FaRL tokens (class token
+  included, taken after the transformer and before ``ln_post``). Per sample this is
+  ``sum_t mean_c |T_anon - T_real|``; its mean over the batch is exactly upstream's value.
+
+``reduction``: ``'mean'`` (over the batch; the value upstream optimises), ``'sum'``, or ``'none'``
+(one value per sample, for logging and per-image early stopping). With ``'mean'`` or ``'sum'``
+every sample's gradient is independent of the other samples in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from falco.errors import InputError
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class TokenEncoder(Protocol):
+    """Anything with FaRL's ``tokens(x)``: ``[B, 3, H, W]`` -> ``[B, N, C]``."""
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def identity_margin_loss(
+    e_anon: torch.Tensor,
+    e_real: torch.Tensor,
+    m: float = 0.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """``|cos(e_anon, e_real) - m|`` per sample, reduced over the batch.
+
+    ``e_real`` is detached. Embeddings need not be normalised (cosine similarity is used; for
+    L2-normalised ArcFace outputs it equals upstream's dot product).
+
+    Shape:
+        ``e_anon``, ``e_real``: ``[B, D]`` -> ``[]`` (``'mean'``/``'sum'``) or ``[B]`` (``'none'``).
+    """
+    _check_reduction(reduction)
+    _check_margin(m)
+    _check_tensor(e_anon, "e_anon", ndim=2, shape_hint="[B, D]")
+    _check_tensor(e_real, "e_real", ndim=2, shape_hint="[B, D]")
+    if e_anon.shape != e_real.shape:
+        raise InputError(f"e_real: expected shape {tuple(e_anon.shape)} (like e_anon), got {tuple(e_real.shape)}")
+    cos = F.cosine_similarity(e_anon, e_real.detach().to(e_anon.dtype), dim=-1, eps=1e-8)
+    return _reduce((cos - m).abs(), reduction)
+
+
+def identity_loss(
+    id_encoder: Any,
+    x_anon: torch.Tensor,
+    x_real: torch.Tensor | None = None,
+    *,
+    m: float = 0.0,
+    real_features: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """FALCO's identity loss ``|cos(E_A(x_anon), E_A(x_real)) - m|``.
+
+    Args:
+        id_encoder: callable mapping faces to identity embeddings ``[B, D]`` (the ArcFace
+            wrapper: 256-px aligned faces in [-1, 1]).
+        x_anon: the anonymized faces; gradients flow back to them.
+        x_real: the real faces (encoded without gradient). Give this or ``real_features``.
+        m: the margin; 0 (default) asks for orthogonal identities, 1 for the same identity.
+        real_features: precomputed ``id_encoder(x_real)`` (cached by the anonymizer); detached.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'`` (per sample).
+
+    Shape:
+        ``x_anon``, ``x_real``: ``[B, 3, H, W]``; ``real_features``: ``[B, D]`` ->
+        ``[]`` or ``[B]``.
+    """
+    _check_reduction(reduction)
+    _check_margin(m)
+    if not callable(id_encoder):
+        raise InputError(f"id_encoder: expected a callable module, got {type(id_encoder).__name__}")
+    _check_tensor(x_anon, "x_anon", ndim=4, shape_hint="[B, 3, H, W]")
+    e_real = _reference(id_encoder, x_anon, x_real, real_features, "real_features", ndim=2, hint="[B, D]")
+    e_anon = id_encoder(x_anon)
+    return identity_margin_loss(e_anon, e_real, m, reduction)
+
+
+def token_l1_loss(
+    t_anon: torch.Tensor,
+    t_real: torch.Tensor,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Per sample ``sum over tokens of mean over channels |t_anon - t_real|``; ``t_real`` detached.
+
+    Shape:
+        ``t_anon``, ``t_real``: ``[B, N, C]`` -> ``[]`` or ``[B]``.
+    """
+    _check_reduction(reduction)
+    _check_tensor(t_anon, "t_anon", ndim=3, shape_hint="[B, N, C]")
+    _check_tensor(t_real, "t_real", ndim=3, shape_hint="[B, N, C]")
+    if t_anon.shape != t_real.shape:
+        raise InputError(f"t_real: expected shape {tuple(t_anon.shape)} (like t_anon), got {tuple(t_real.shape)}")
+    per_sample = (t_anon - t_real.detach().to(t_anon.dtype)).abs().mean(dim=-1).sum(dim=-1)
+    return _reduce(per_sample, reduction)
+
+
+def attribute_loss(
+    farl: TokenEncoder,
+    x_anon: torch.Tensor,
+    x_real: torch.Tensor | None = None,
+    *,
+    real_tokens: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """FALCO's attribute loss: L1 between FaRL tokens, summed over tokens (see module docs).
+
+    Args:
+        farl: a :class:`falco.models.farl.FaRLEncoder` (or anything with ``tokens(x)``).
+        x_anon: the anonymized faces in [-1, 1]; gradients flow back to them.
+        x_real: the real faces in [-1, 1] (encoded without gradient). Give this or ``real_tokens``.
+        real_tokens: precomputed ``farl.tokens(x_real)``; detached.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'`` (per sample).
+
+    Shape:
+        ``x_anon``, ``x_real``: ``[B, 3, H, W]``; ``real_tokens``: ``[B, N, C]`` -> ``[]`` or ``[B]``.
+    """
+    _check_reduction(reduction)
+    if not callable(getattr(farl, "tokens", None)):
+        raise InputError(f"farl: expected a FaRL encoder with a tokens(x) method, got {type(farl).__name__}")
+    _check_tensor(x_anon, "x_anon", ndim=4, shape_hint="[B, 3, H, W]")
+    t_real = _reference(farl.tokens, x_anon, x_real, real_tokens, "real_tokens", ndim=3, hint="[B, N, C]")
+    return token_l1_loss(farl.tokens(x_anon), t_real, reduction)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _reference(
+    encode: Any,
+    x_anon: torch.Tensor,
+    x_real: torch.Tensor | None,
+    precomputed: torch.Tensor | None,
+    name: str,
+    *,
+    ndim: int,
+    hint: str,
+) -> torch.Tensor:
+    """The detached encoding of the real faces: computed from ``x_real`` or passed in."""
+    if (x_real is None) == (precomputed is None):
+        raise InputError(
+            f"x_real / {name}: pass exactly one of them, got {'both' if x_real is not None else 'neither'}"
+        )
+    batch = x_anon.shape[0]
+    if precomputed is not None:
+        _check_tensor(precomputed, name, ndim=ndim, shape_hint=hint)
+        if precomputed.shape[0] != batch:
+            raise InputError(f"{name}: batch size {precomputed.shape[0]} does not match x_anon's {batch}")
+        return precomputed.detach()
+    _check_tensor(x_real, "x_real", ndim=4, shape_hint="[B, 3, H, W]")
+    if x_real.shape[0] != batch:
+        raise InputError(f"x_real: batch size {x_real.shape[0]} does not match x_anon's {batch}")
+    with torch.no_grad():
+        return encode(x_real).detach()
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
+def _check_reduction(reduction: Any) -> None:
+    if reduction not in _REDUCTIONS:
+        raise InputError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_margin(m: Any) -> None:
+    if isinstance(m, torch.Tensor) and m.numel() == 1:
+        m = m.item()
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not -1.0 <= m <= 1.0:
+        raise InputError(f"m: expected a number in [-1, 1] (a cosine similarity margin), got {m!r}")
+
+
+def _check_tensor(x: Any, name: str, *, ndim: int, shape_hint: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor {shape_hint}, got {type(x).__name__}")
+    if x.ndim != ndim or x.shape[0] < 1:
+        raise InputError(f"{name}: expected shape {shape_hint}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: expected a floating point tensor, got dtype {x.dtype}")
