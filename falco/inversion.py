@@ -1,0 +1,127 @@
+"""Inversion of aligned faces into StyleGAN2's W+ space (e4e encoder, optional refinement).
+
+``ws = E(x) + latent_avg`` as in e4e's ``pSp.forward``; an optional refinement then runs a
+few Adam steps on ``ws`` against the input (pixel L2 on the 256-px pooled render, plus the
+ArcFace identity term ``1 - cos`` when an identity encoder is given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from falco.errors import InputError
+
+
+def to_tensor(faces: np.ndarray | torch.Tensor, *, size: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Aligned RGB uint8 faces to the encoders' input: float in [-1, 1], ``size`` px.
+
+    Shape:
+        faces ``[B, H, W, 3]`` uint8 (or one ``[H, W, 3]``) -> ``[B, 3, size, size]``.
+    """
+    x = torch.as_tensor(np.asarray(faces))
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+        raise InputError(f"faces must be uint8 [B, H, W, 3], got {x.dtype} {list(x.shape)}")
+    x = x.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Generator output in about [-1, 1] to uint8 RGB, clamped (no per-image rescaling).
+
+    Shape:
+        ``[B, 3, H, W]`` -> ``[B, H, W, 3]``.
+    """
+    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def render_256(G: nn.Module, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    """Render ``ws`` and pool to 256 px (e4e's ``face_pool``) for losses and previews.
+
+    Shape:
+        ws ``[B, num_ws, w_dim]`` -> ``[B, 3, 256, 256]``.
+    """
+    img = G.synthesis(ws, noise_mode=noise_mode)
+    if img.shape[-1] != 256:
+        img = F.adaptive_avg_pool2d(img, (256, 256)) if img.shape[-1] > 256 else F.interpolate(
+            img, size=(256, 256), mode="bilinear", align_corners=False)
+    return img
+
+
+def encode(E: nn.Module, x: torch.Tensor, latent_avg: torch.Tensor) -> torch.Tensor:
+    """e4e codes plus ``latent_avg``: the W+ code of each face.
+
+    Shape:
+        x ``[B, 3, 256, 256]`` in [-1, 1] -> ws ``[B, num_ws, w_dim]``.
+    """
+    codes = E(x)
+    avg = latent_avg.to(codes)
+    if avg.ndim == 1:
+        avg = avg[None, None]
+    elif avg.ndim == 2:
+        avg = avg[None]
+    return codes + avg
+
+
+def invert(images: torch.Tensor, E: nn.Module, G: nn.Module, *, latent_avg: torch.Tensor,
+           refine_steps: int = 0, refine_lr: float = 0.01, id_encoder: nn.Module | None = None,
+           id_weight: float = 0.1, batch_size: int = 8) -> torch.Tensor:
+    """Invert aligned faces into W+ codes, batched.
+
+    Args:
+        images: Aligned faces in [-1, 1] (see :func:`to_tensor`).
+        E: e4e encoder returning codes without ``latent_avg``.
+        G: Generator whose W+ space the codes live in (used by refinement only).
+        latent_avg: e4e's ``latent_avg`` (``[w_dim]`` or ``[num_ws, w_dim]``).
+        refine_steps: Adam steps of latent refinement after encoding (0 = off, the default).
+        refine_lr: Refinement learning rate.
+        id_encoder: ArcFace identity encoder; adds ``id_weight * (1 - cos)`` to refinement.
+        id_weight: Weight of the identity term.
+        batch_size: Faces per forward pass.
+
+    Shape:
+        images ``[B, 3, 256, 256]`` -> ws ``[B, num_ws, w_dim]``.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+    if refine_steps < 0:
+        raise InputError(f"refine_steps must be >= 0, got {refine_steps}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size]
+        with torch.no_grad():
+            ws = encode(E, x, latent_avg)
+        if refine_steps:
+            ws = refine(x, ws, G, steps=refine_steps, lr=refine_lr, id_encoder=id_encoder, id_weight=id_weight)
+        out.append(ws.detach())
+    return torch.cat(out)
+
+
+def refine(x: torch.Tensor, ws: torch.Tensor, G: nn.Module, *, steps: int, lr: float = 0.01,
+           id_encoder: nn.Module | None = None, id_weight: float = 0.1) -> torch.Tensor:
+    """Optimise W+ codes against their faces (per-face losses summed, so faces stay independent).
+
+    Shape:
+        x ``[B, 3, 256, 256]``, ws ``[B, num_ws, w_dim]`` -> refined ws.
+    """
+    ws = ws.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([ws], lr=lr)
+    target_id = id_encoder(x).detach() if id_encoder is not None else None
+    for _ in range(steps):
+        img = render_256(G, ws)
+        loss = (img - x).pow(2).flatten(1).mean(1)
+        if target_id is not None:
+            loss = loss + id_weight * (1 - F.cosine_similarity(id_encoder(img), target_id, dim=1))
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+    return ws.detach()

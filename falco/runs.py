@@ -1,0 +1,172 @@
+"""A resumable batch run over photos: load, detect and align, process faces in batches, write.
+
+Commands such as ``falco invert`` and ``falco anonymize`` supply two functions:
+
+* ``process(faces) -> results``: one result per aligned face, called on batches of up to
+  ``batch_size`` faces gathered across photos;
+* ``finish(photo, results) -> (outputs, face_rows)``: writes the outputs of one photo
+  (atomically) and returns what the manifest records.
+
+The runner records each photo in the manifest only after its outputs are written, skips
+photos a previous run finished, and keeps going when one photo fails (the reason is
+recorded). Killing a run loses at most the photos in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from falco.errors import FalcoError
+from falco.faces import AlignedFace, detect_and_align
+from falco.imageio import load_image
+from falco.io import InputItem
+from falco.manifest import RunManifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Photo:
+    """A loaded photo and its aligned faces, waiting for its batch to be processed."""
+
+    item: InputItem
+    image: np.ndarray
+    faces: list[AlignedFace]
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run; ``failed`` lists ``(input key, reason)``."""
+
+    total: int = 0
+    skipped: int = 0
+    done: int = 0
+    no_face: int = 0
+    faces: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(total=self.total, skipped=self.skipped, done=self.done, no_face=self.no_face,
+                    faces=self.faces, failed=[list(f) for f in self.failed])
+
+    def line(self) -> str:
+        """One-line human summary."""
+        return (f"{self.total} inputs: {self.done} done, {self.no_face} without a face, "
+                f"{len(self.failed)} failed, {self.skipped} already done; {self.faces} faces processed")
+
+
+def face_row(face: AlignedFace, **extra: Any) -> dict:
+    """The geometry every face row of a manifest carries."""
+    return dict(box=list(face.box), score=face.score, quad=face.quad.tolist(),
+                quad_size=round(face.quad_size, 3), landmarks=face.landmarks.round(3).tolist(), **extra)
+
+
+class FaceRun:
+    """Drive a resumable run over photos (see the module docstring).
+
+    Args:
+        items: Inputs to process.
+        manifest: The output directory's manifest.
+        detector: ``'hog'``, ``'cnn'`` or a detector object.
+        upsample: dlib upsampling for detection.
+        align_size: Side of the aligned crops.
+        batch_size: Faces per ``process`` call.
+        progress: Show a progress bar with ETA.
+    """
+
+    def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = "hog",
+                 upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True) -> None:
+        self.items = list(items)
+        self.manifest = manifest
+        self.detector = detector
+        self.upsample = upsample
+        self.align_size = align_size
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+
+    def run(self, process: Callable[[list[AlignedFace]], list[Any]],
+            finish: Callable[[Photo, list[Any]], tuple[dict, list[dict]]]) -> RunSummary:
+        """Process every unfinished input; returns the summary (also logged in the manifest)."""
+        summary = RunSummary(total=len(self.items))
+        finished = self.manifest.finished_inputs()
+        todo = [item for item in self.items if item.key not in finished]
+        summary.skipped = len(self.items) - len(todo)
+        bar = tqdm(total=len(self.items), initial=summary.skipped, unit="photo", disable=not self.progress,
+                   dynamic_ncols=True)
+        pending: list[Photo] = []
+        try:
+            for item in todo:
+                photo = self._load(item, summary)
+                if photo is None:
+                    bar.update(1)
+                    continue
+                pending.append(photo)
+                if sum(len(p.faces) for p in pending) >= self.batch_size:
+                    self._flush(pending, process, finish, summary, bar)
+                    pending = []
+            self._flush(pending, process, finish, summary, bar)
+        finally:
+            bar.close()
+        return summary
+
+    def _fail(self, key: str, reason: str, summary: RunSummary) -> None:
+        log.error("%s: %s", key, reason)
+        summary.failed.append((key, reason))
+        self.manifest.record_input(key, "failed", reason=reason)
+
+    def _load(self, item: InputItem, summary: RunSummary) -> Photo | None:
+        try:
+            image = load_image(item.path)
+            faces = detect_and_align(image, size=self.align_size, detector=self.detector, upsample=self.upsample)
+        except FalcoError as exc:
+            self._fail(item.key, str(exc), summary)
+            return None
+        except Exception as exc:  # an unexpected failure must not stop the other photos
+            self._fail(item.key, f"{type(exc).__name__}: {exc}", summary)
+            log.debug("%s", traceback.format_exc())
+            return None
+        return Photo(item, image, faces)
+
+    def _flush(self, pending: list[Photo], process, finish, summary: RunSummary, bar) -> None:
+        if not pending:
+            return
+        faces = [face for photo in pending for face in photo.faces]
+        results: list[Any] = []
+        try:
+            for start in range(0, len(faces), self.batch_size):
+                results.extend(process(faces[start:start + self.batch_size]))
+        except Exception as exc:
+            if len(pending) > 1:  # retry photo by photo so one bad face fails only its photo
+                for photo in pending:
+                    self._flush([photo], process, finish, summary, bar)
+                return
+            self._fail(pending[0].item.key, f"processing failed: {type(exc).__name__}: {exc}", summary)
+            bar.update(1)
+            return
+        assert len(results) == len(faces), "process() must return one result per face"
+        offset = 0
+        for photo in pending:
+            mine = results[offset:offset + len(photo.faces)]
+            offset += len(photo.faces)
+            try:
+                outputs, rows = finish(photo, mine)
+            except Exception as exc:
+                self._fail(photo.item.key, f"writing outputs failed: {type(exc).__name__}: {exc}", summary)
+                bar.update(1)
+                continue
+            status = "done" if photo.faces else "no_face"
+            self.manifest.record_input(photo.item.key, status, reason=None if photo.faces else "no face found",
+                                       faces=rows, outputs=outputs)
+            if photo.faces:
+                summary.done += 1
+                summary.faces += len(photo.faces)
+            else:
+                summary.no_face += 1
+            bar.update(1)
+            bar.set_postfix(faces=summary.faces, failed=len(summary.failed), refresh=False)
