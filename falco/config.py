@@ -28,3 +28,33 @@ class InvertConfig:
     align_size: int = 256
     seed: int = 0
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class AnonymizeConfig:
+    """``falco anonymize``: photos in, the same photos with every face anonymized out."""
+
+    input: Path
+    out: Path
+    method: str = "falco"
+    models: Path | None = None
+    bank: Path | None = None
+    bank_size: int = 2000
+    m: float = 0.0
+    steps: int = 50
+    lr: float = 0.01
+    lambda_id: float = 10.0
+    lambda_attr: float = 0.1
+    layers: tuple[int, int] = (3, 8)
+    amp: bool = False
+    batch_size: int = 8
+    device: str = "auto"
+    seed: int = 0
+    format: str | None = None
+    quality: int = 95
+    on_fail: str = "blur"
+    save_crops: bool = False
+    detector: str = "hog"
+    upsample: int = 1
+    method_options: dict = dataclasses.field(default_factory=dict)
+    progress: bool = True
