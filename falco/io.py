@@ -132,8 +132,10 @@ def remove_stale_temps(out_dir: str | Path) -> int:
 
 
 @contextmanager
-def lock_output_dir(out_dir: str | Path) -> Iterator[Path]:
+def lock_output_dir(out_dir: str | Path, name: str = ".falco.lock") -> Iterator[Path]:
     """Hold an exclusive lock on ``out_dir`` for one run (a second run on it fails at once).
+
+    Ranks of one torchrun job each take their own lock ``name``.
 
     Raises:
         InputError: another falco process is writing to ``out_dir``.
@@ -142,7 +144,7 @@ def lock_output_dir(out_dir: str | Path) -> Iterator[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / ".falco.lock"
+    path = out / name
     with open(path, "a+") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -60,7 +60,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_tiny_set_verifies_and_is_marked(tiny_models):
     manifest = read_manifest(tiny_models)
     assert manifest["kind"] == "tiny-random"
-    assert set(manifest["files"]) == {"stylegan2-ffhq-1024-rosinality", "e4e-ffhq", "arcface-irse50", "farl-ep64"}
+    assert set(manifest["files"]) == {"stylegan2-ffhq-1024-rosinality", "e4e-ffhq", "arcface-irse50", "farl-ep64",
+                                      "ciagan", "deepprivacy"}
     res = falco_cli("models", "verify", "--models", str(tiny_models))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tiny random model set" in res.stderr
@@ -220,3 +221,30 @@ def test_list_file_input_keys_stay_inside_out(tiny_models, faces_dir, tmp_path):
     assert summary.done == 1 and summary.no_face == 1
     for p in out.rglob("*"):
         assert out in p.resolve().parents
+
+
+def _torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "falco", *args]
+
+
+def test_torchrun_two_ranks_match_a_single_process(inverted, tiny_models, faces_dir, tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run(_torchrun("invert", str(faces_dir), "--out", str(out), "--models", str(tiny_models),
+                                   "--device", "cpu", "--no-progress"), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with RunManifest(out) as m:
+        runs = m.runs()
+        faces = m.faces()
+    assert len(runs) == 2, "each rank records its own run"
+    assert len(faces) == FACES_IN_SHARED_PHOTOS
+    for p in sorted((inverted / "codes").glob("*.safetensors")):
+        a, b = load_file(str(p)), load_file(str(out / "codes" / p.name))
+        np.testing.assert_allclose(a["ws"], b["ws"], atol=1e-5)
+        np.testing.assert_array_equal(a["quads"], b["quads"])
+    for p in sorted((inverted / "aligned").rglob("*.png")):
+        assert p.read_bytes() == (out / p.relative_to(inverted)).read_bytes()
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"] == 11 and summary["faces"] == FACES_IN_SHARED_PHOTOS and summary["no_face"] == 1

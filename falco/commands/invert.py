@@ -10,7 +10,6 @@ Outputs under ``--out``:
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -18,12 +17,13 @@ import torch
 
 from falco import __version__
 from falco.config import InvertConfig, as_dict
-from falco.io import atomic_path, check_output_dir, discover_inputs, lock_output_dir, remove_stale_temps, save_tensors
+from falco.distributed import local_device
+from falco.io import check_output_dir, discover_inputs, save_tensors
 from falco.imageio import save_image
 from falco.inversion import invert, to_tensor
 from falco.manifest import RunManifest
 from falco.models.zoo import load_role, resolve_device, tiny_notice
-from falco.runs import FaceRun, Photo, RunSummary, face_row
+from falco.runs import FaceRun, Photo, RunSummary, face_row, run_in_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,11 @@ def run_invert(cfg: InvertConfig, *, echo=print) -> RunSummary:
     """Run ``falco invert`` with the given settings; returns the run summary."""
     items = discover_inputs(cfg.input)
     check_output_dir(cfg.out, cfg.input)
-    with lock_output_dir(cfg.out):
-        remove_stale_temps(cfg.out)
-        return _run_invert(cfg, items, echo)
+    device = local_device(resolve_device(cfg.device))
+    return run_in_out_dir(cfg.out, items, device, lambda mine: _run_invert(cfg, mine, device, echo))
 
 
-def _run_invert(cfg: InvertConfig, items, echo) -> RunSummary:
-    device = resolve_device(cfg.device)
+def _run_invert(cfg: InvertConfig, items, device, echo) -> RunSummary:
     notice = tiny_notice(cfg.models)
     if notice:
         echo(f"warning: {notice}")
@@ -81,7 +79,5 @@ def _run_invert(cfg: InvertConfig, items, echo) -> RunSummary:
                      batch_size=cfg.batch_size, progress=cfg.progress)
     summary = runner.run(process, finish)
     manifest.finish_run(summary.as_dict())
-    with atomic_path(cfg.out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary.as_dict(), indent=2))
     manifest.close()
     return summary
