@@ -58,3 +58,22 @@ class AnonymizeConfig:
     upsample: int = 1
     method_options: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """``falco bank build``: sample, render and embed fakes into a bank directory (resumable)."""
+
+    out: Path
+    num: int
+    truncation: float = 0.7
+    features: str = "farl"
+    batch_size: int = 32
+    chunk_size: int = 1000
+    device: str = "auto"
+    models: Path | None = None
+    seed: int = 0
+    index: str = "auto"
+    thumbnails: bool = True
+    thumbnail_size: int = 64
+    progress: bool = True

@@ -1,0 +1,367 @@
+"""The fake bank on a tiny random model set: build, search, pairing, resume, compatibility, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import falco.bank as bank_mod
+from falco.bank import (
+    Bank,
+    bank_status,
+    build_bank,
+    chunk_z,
+    exact_search,
+    render_fakes,
+)
+from falco.errors import InputError, ModelNotFoundError
+from falco.features import ClipExtractor, embed_faces, load_extractor
+from falco.models.zoo import load_role
+from falco.pretrained.tiny import write_tiny_model_set
+
+NUM, CHUNK, BATCH, PSI, SEED = 40, 16, 8, 0.7, 3  # chunks of 16, 16, 8; two batches per full chunk
+
+
+def build(out: Path, G, ex, **kw) -> Path:
+    args = {"num": NUM, "chunk_size": CHUNK, "batch_size": BATCH, "truncation": PSI, "seed": SEED, "progress": False}
+    args.update(kw)
+    return build_bank(out, G, ex, **args)
+
+
+def digest(path: Path) -> dict[str, str]:
+    """sha256 of every file of a bank except the ones that hold times (manifest, build.json)."""
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name not in ("manifest.json", "build.json", ".falco.lock")}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    write_tiny_model_set(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def G(models):
+    return load_role("generator", models)
+
+
+@pytest.fixture(scope="module")
+def ex(models):
+    return load_extractor("farl", models)
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, G, ex) -> Path:
+    """An uninterrupted build: the reference every other build is compared with."""
+    return build(tmp_path_factory.mktemp("ref") / "bank", G, ex)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def test_build_end_to_end(ref, G, ex):
+    bank = Bank.open(ref)
+    m = bank.manifest
+    assert len(bank) == m["count"] == NUM
+    assert (m["w_dim"], m["num_ws"], m["truncation"], m["seed"]) == (G.w_dim, G.num_ws, PSI, SEED)
+    assert m["features"]["name"] == "farl" and m["features"]["dim"] == ex.dim == 32
+    assert m["generator"]["fingerprint"] == bank_mod.generator_fingerprint(G)
+    assert m["index"]["kind"] == "flat" and (ref / "index.faiss").is_file()
+    assert [c["count"] for c in m["chunks"]] == [16, 16, 8]
+    assert bank.ws.shape == (NUM, G.w_dim) and bank.ws.dtype == torch.float32
+    assert bank.features.shape == (NUM, ex.dim) and bank.features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bank.features, axis=1), 1.0, atol=1e-5)
+    assert bank.verify() == []
+    # w = mapping(z) truncated, z drawn per chunk from the seed
+    with torch.no_grad():
+        z = torch.cat([chunk_z(SEED, c, CHUNK, G.z_dim)[:n] for c, n in enumerate([16, 16, 8])])
+        expected = torch.cat([G.mapping(z[s:s + BATCH], truncation_psi=PSI) for s in range(0, NUM, BATCH)])
+    assert torch.equal(bank.ws, expected)
+    assert not torch.equal(bank.ws[:16], bank.ws[16:32])  # chunks draw different z
+    w_plus = bank.w_plus([3, 39])
+    assert w_plus.shape == (2, G.num_ws, G.w_dim) and torch.equal(w_plus[1, 7], bank.ws[39])
+
+
+def test_features_are_the_real_face_path(ref, G, ex):
+    """A fake's bank features equal what embed_faces gives for its rendered 256-px crop."""
+    bank = Bank.open(ref)
+    faces = render_fakes(G, bank.ws[10:20])
+    assert faces.shape == (10, 256, 256, 3) and faces.dtype == np.uint8
+    feats = embed_faces(ex, faces, batch_size=4)
+    np.testing.assert_allclose(feats, bank.features[10:20], atol=2e-5)
+    idx, dist = bank.search(feats, k=1)
+    assert idx[:, 0].tolist() == list(range(10, 20)) and dist.max() < 1e-4
+    # thumbnails come from the same images (area-averaged to 64 px)
+    thumb = bank.thumbnail(13)
+    small = torch.nn.functional.interpolate(torch.as_tensor(faces[3:4]).permute(0, 3, 1, 2).float(), size=(64, 64),
+                                            mode="area")[0].permute(1, 2, 0).numpy()
+    assert thumb.shape == (64, 64, 3) and np.abs(thumb.astype(float) - small).max() <= 1.0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_search_matches_numpy_brute_force(ref, metric):
+    bank = Bank.open(ref)
+    q = np.random.default_rng(0).standard_normal((25, bank.dim)).astype(np.float32)
+    idx, dist = bank.search(q, k=5, metric=metric)
+    b, qq = bank.features.astype(np.float64), q.astype(np.float64)
+    if metric == "cosine":
+        qq = qq / np.linalg.norm(qq, axis=1, keepdims=True)
+        full = 1.0 - qq @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    else:
+        full = np.sqrt(((qq[:, None] - b[None]) ** 2).sum(-1))
+    expected = np.argsort(full, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, expected, 1), atol=1e-6)
+    np.testing.assert_array_equal(exact_search(bank.features, q, k=5, metric=metric)[0], expected)
+    np.testing.assert_array_equal(bank.search(q, k=5, metric=metric, exact=True)[0], expected)
+
+
+def test_pair_with_and_without_reuse(ref):
+    bank = Bank.open(ref)
+    q = np.repeat(bank.features[[7]] + 0.01, 12, axis=0)  # twelve faces that all prefer fake 7
+    assert bank.pair(q).tolist() == [7] * 12
+    got = bank.pair(q, reuse=False)
+    assert got.dtype == np.int64 and len(set(got.tolist())) == 12 and got[0] == 7
+    nn_order = bank.search(q[:1], k=12)[0][0]
+    assert sorted(got.tolist()) == sorted(nn_order.tolist())  # the twelve nearest fakes, each once
+    with pytest.raises(InputError, match="queries: 41 queries but only 40"):
+        bank.pair(np.repeat(q[:1], 41, axis=0), reuse=False)
+    with pytest.raises(InputError, match="features: expected feature width 32"):
+        bank.search(np.ones((2, 31), np.float32))
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def test_interrupted_build_resumes_to_the_same_bank(tmp_path, ref, G, ex, monkeypatch):
+    out = tmp_path / "bank"
+    calls = {"n": 0}
+    real_embed = ex._embed
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 3:  # first batch of the second chunk
+            raise RuntimeError("simulated crash")
+        return real_embed(x)
+
+    monkeypatch.setattr(ex, "_embed", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build(out, G, ex)
+    st = bank_status(out)
+    assert (st["state"], st["chunks_done"], st["chunks_total"]) == ("unfinished", 1, 3)
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(InputError, match=r"unfinished \(1 of 3 chunks written\).*re-run the same `falco bank build"):
+        Bank.open(out)
+
+    calls["n"] = 100
+    build(out, G, ex)
+    assert calls["n"] == 100 + 3  # only chunks 1 and 2 were made: 2 + 1 batches
+    assert digest(out) == digest(ref)  # chunks, contact sheets and index: byte for byte
+    a, b = Bank.open(out), Bank.open(ref)
+    assert torch.equal(a.ws, b.ws) and np.array_equal(a.features, b.features)
+    assert [c["sha256"] for c in a.manifest["chunks"]] == [c["sha256"] for c in b.manifest["chunks"]]
+
+
+def test_killed_build_resumes_to_the_same_bank(tmp_path, ref, models, G, ex):
+    """SIGKILL in the middle of writing the second chunk file, in a real process."""
+    out = tmp_path / "bank"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import falco.bank as B
+        from falco.features import load_extractor
+        from falco.io import atomic_path
+        from falco.models.zoo import load_role
+        real = B._write_chunk
+        n = [0]
+        def write(path, *a, **k):
+            n[0] += 1
+            if n[0] == 2:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(b"half a chunk")
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real(path, *a, **k)
+        B._write_chunk = write
+        B.build_bank({str(out)!r}, load_role("generator", {str(models)!r}), load_extractor("farl", {str(models)!r}),
+                     num={NUM}, chunk_size={CHUNK}, batch_size={BATCH}, truncation={PSI}, seed={SEED}, progress=False)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == -9, res.stderr
+    leftovers = list(out.rglob(".*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].parent.name == "chunks"
+    assert bank_status(out)["chunks_done"] == 1
+    with pytest.raises(InputError, match="unfinished"):
+        Bank.open(out)
+    build(out, G, ex)
+    assert not list(out.rglob(".*.tmp"))
+    assert digest(out) == digest(ref)
+
+
+def test_finished_bank_is_kept_or_refused(tmp_path, ref, G, ex, monkeypatch):
+    before = digest(ref)
+    monkeypatch.setattr(ex, "_embed", lambda x: pytest.fail("a finished bank must not be rebuilt"))
+    assert build(ref, G, ex) == ref  # same settings: nothing to do
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"finished bank built with other settings \(truncation 0.7 -> 0.5\)"):
+        build(ref, G, ex, truncation=0.5)
+    with pytest.raises(InputError, match=r"other settings \(count 40 -> 41\)"):
+        build(ref, G, ex, num=41)
+    assert digest(ref) == before
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "me.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="not empty and not a bank"):
+        build(foreign, G, ex)
+
+
+def test_unfinished_bank_with_other_settings_is_refused(tmp_path, G, ex, monkeypatch):
+    out = tmp_path / "bank"
+    monkeypatch.setattr(ex, "_embed", lambda x: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError):
+        build(out, G, ex)
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"unfinished bank built with other settings \(seed 3 -> 4\)"):
+        build(out, G, ex, seed=4)
+
+
+# ----------------------------------------------------------------------------- opening, compatibility
+
+
+def test_open_errors(tmp_path, ref):
+    with pytest.raises(InputError, match="does not exist"):
+        Bank.open(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a fake bank"):
+        Bank.open(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(ref, broken)
+    (broken / "chunks" / "chunk_00001.safetensors").unlink()
+    with pytest.raises(InputError, match="damaged: missing chunks/chunk_00001.safetensors"):
+        Bank.open(broken)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(ref, tampered)
+    m = json.loads((tampered / "manifest.json").read_text())
+    m["format"] = "falco-bank-99"
+    (tampered / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="format 'falco-bank-99'"):
+        Bank.open(tampered)
+
+
+def test_check_compatible(ref, models, G, ex):
+    from falco.features import FarlExtractor
+    from falco.models.farl import load_farl, tiny_farl_state_dict
+    from falco.models.stylegan2 import Generator
+    from falco.pretrained.tiny import tiny_generator
+
+    bank = Bank.open(ref)
+    bank.check_compatible(load_role("generator", models), load_extractor("farl", models))  # fresh copies: fine
+    with pytest.raises(InputError, match="generator: .* weights differ"):
+        bank.check_compatible(tiny_generator(seed=1), ex)
+    G2 = load_role("generator", models)
+    with torch.no_grad():
+        G2.noises.noise_0.add_(1.0)  # even a noise buffer changes the faces
+    with pytest.raises(InputError, match="weights differ"):
+        bank.check_compatible(G2)
+    with pytest.raises(InputError, match="w_dim 64 and 10 ws, got w_dim 16 and 6 ws"):
+        bank.check_compatible(Generator(img_resolution=16, w_dim=16, num_mapping_layers=1,
+                                        channels={4: 8, 8: 8, 16: 8}))
+    with pytest.raises(InputError, match="'farl' features of width 32, got 'arcface' of width 512"):
+        bank.check_compatible(G, load_extractor("arcface", models))
+    other = FarlExtractor(load_farl({"state_dict": tiny_farl_state_dict(seed=5)}))
+    with pytest.raises(InputError, match="another 'farl' network"):
+        bank.check_compatible(None, other)
+
+
+# ----------------------------------------------------------------------------- extractors, validation
+
+
+def test_extractors(models, tmp_path):
+    from open_clip.transformer import VisionTransformer
+
+    x = torch.rand(3, 3, 80, 64) * 2 - 1  # any size
+    for kind, dim in (("farl", 32), ("arcface", 512)):
+        f = load_extractor(kind, models)(x)
+        assert f.shape == (3, dim) and f.dtype == torch.float32
+        torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=1, mlp_ratio=2.0, output_dim=24)
+    clip = ClipExtractor(vit, image_size=32)
+    assert clip.dim == 24 and clip(x).shape == (3, 24)
+    # CLIP preprocessing: [0, 1], short side to 32 (bicubic), centre crop, mean/std
+    p = clip.preprocess(x)
+    assert p.shape == (3, 3, 32, 32)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    assert torch.allclose(clip.preprocess(torch.full((1, 3, 32, 32), -1.0)), -mean / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1), atol=1e-6)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelNotFoundError, match="CLIP ViT-B/16 weights not found.*open_clip_model.safetensors"):
+        load_extractor("clip", tmp_path / "m")
+    with pytest.raises(InputError, match="--features must be one of farl, clip, arcface, got 'dino'"):
+        load_extractor("dino", models)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"num": 0}, "num must be an integer >= 1, got 0"),
+    ({"truncation": 1.5}, "truncation must be in \\[0, 1\\], got 1.5"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"index": "lsh"}, "index must be .* got 'lsh'"),
+    ({"thumbnail_size": 4}, "thumbnail_size must be an integer in \\[8, 256\\]"),
+])
+def test_build_validation(tmp_path, G, ex, kw, match):
+    with pytest.raises(InputError, match=match):
+        build(tmp_path / "bank", G, ex, **kw)
+    assert not (tmp_path / "bank").exists()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def falco_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "falco", *args], check=False, capture_output=True, text=True, timeout=180)
+
+
+def test_cli_build_and_info(tmp_path, models, G, ex, capsys):
+    out = tmp_path / "bank"
+    res = falco_cli("bank", "build", "--out", str(out), "--num", "10", "--chunk-size", "4", "--batch-size", "4",
+                    "--seed", "2", "--models", str(models), "--device", "cpu", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "tiny random model set: outputs are not meaningful" in res.stderr
+    assert f"bank: {out} (10 fakes)" in res.stdout
+    bank = Bank.open(out)
+    assert bank.manifest["config"]["num"] == 10 and bank.manifest["env"]["tiny_models"] is True
+    assert bank.manifest["generator"]["sha256"] == hashlib.sha256(
+        (models / "stylegan2-ffhq-config-f.pt").read_bytes()).hexdigest()
+    lib = build_bank(tmp_path / "lib", G, ex, num=10, chunk_size=4, batch_size=4, seed=2, progress=False)
+    assert torch.equal(bank.ws, Bank.open(lib).ws)  # the CLI is the library
+
+    # info and a bad option through the same entry point, in process (a subprocess costs seconds)
+    code, stdout, stderr = run_main(capsys, "bank", "info", str(out), "--verify")
+    assert code == 0, stderr
+    assert "fakes      10" in stdout and "verified: 3 chunk files" in stdout
+    code, _, stderr = run_main(capsys, "bank", "build", "--out", str(tmp_path / "x"), "--num", "3",
+                               "--models", str(models), "--features", "dino")
+    assert code == 2 and not (tmp_path / "x").exists()
+    assert stderr.strip().splitlines()[-1] == "error: --features must be one of farl, clip, arcface, got 'dino'"
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    from falco.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
