@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 #: Role names the rest of falco asks for (``resolve_model('generator')``).
-ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector")
+ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector",
+                          "ciagan", "deepprivacy", "attribute-classifier", "image-quality")
 
 _NVIDIA_NC = (
     "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
@@ -326,6 +327,112 @@ _ENTRIES: tuple[ModelEntry, ...] = (
                 member="farl/FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
                 description=_FALCO_TAR,
             ),
+        ),
+    ),
+    # ------------------------------------------------- baselines (GAN methods)
+    # Named after their role, so that resolve_model("ciagan") finds them in any model set.
+    ModelEntry(
+        name="ciagan",
+        filename="modelG.pth",
+        urls=_gdrive("1j5iT-SvvbC-JRy7qvY-eEP4sLzvoh8Ut"),
+        sha256=None,
+        size=None,
+        licence=(
+            "no licence published with dvl-tum/ciagan (all rights reserved by its authors); trained on "
+            "1,200 CelebA identities, whose images are for non-commercial research only: research use only"
+        ),
+        licence_tag="no licence, CelebA (research only)",
+        role="ciagan",
+        layout="ciagan-arch-unet-flex",
+        preprocessing=(
+            "dlib 68 landmarks -> process_data.py crop (centre of points 39/42, h = 10 x inner-eye distance) "
+            "at 178x218, landmark image + jaw mask; 144x144 Lanczos, centre 128 crop, [0, 1]; "
+            "input cat(lndm, face * (1 - mask)) [6, 128, 128], identity one-hot of 1200; "
+            "output composited out * mask + face * (1 - mask), clamped to [0, 1]"
+        ),
+        description="CIAGAN generator (CVPR 2020), bare state dict of arch_unet_flex.Generator",
+        homepage="https://github.com/dvl-tum/ciagan",
+        checksum_source="none published upstream",
+        notes=(
+            "Google Drive link from the CIAGAN README; upstream's test.py loads it as '../modelG' + '.pth'. "
+            "If Drive refuses, download it by hand and run: falco models download ciagan --from-dir DIR"
+        ),
+    ),
+    ModelEntry(
+        name="deepprivacy",
+        filename="step_42000000.ckpt",
+        urls=(
+            (
+                "https://api.loke.aws.unit.no/dlr-gui-backend-resources-content/v2/contents/links/"
+                "ab71cc2c-82bd-4fa7-8801-f10ff5a852246198eba4-bf7a-4e7e-9ff3-8ff6fe7f102c04c5e41b-2916-41a0-aa2b-e7a939e6f0d5"
+            ),
+            "https://folk.ntnu.no/haakohu/checkpoints/step_42000000.ckpt",
+        ),
+        sha256=None,
+        size=None,
+        licence=(
+            "DeepPrivacy code MIT; its README states that the published checkpoints follow the licence of "
+            "the FDF dataset (CC BY-NC-SA 2.0, faces from YFCC100M): non-commercial research only"
+        ),
+        licence_tag="FDF CC BY-NC-SA (non-commercial research)",
+        role="deepprivacy",
+        layout="deepprivacy-v1",
+        preprocessing=(
+            "face box squared and expanded 35 %, resized to 128x128 in [-1, 1], box region zeroed (mask 1 = keep); "
+            "7 keypoints (nose, eyes, ears, shoulders) relative to the expanded box in [0, 1]; z [32, 4, 4] "
+            "(zeros at truncation 0); output in [-1, 1] replaces the box"
+        ),
+        description="DeepPrivacy v1 generator (ISVC 2019, FDF 128), trainer checkpoint (running_average_generator)",
+        homepage="https://github.com/hukkelas/DeepPrivacy",
+        checksum_source="none published upstream",
+        notes=(
+            "URLs as in configs/json/deep_privacy_v1.json (current) and configs/fdf/deep_privacy_v1.py "
+            "(original, http upgraded to https as upstream's loader does)"
+        ),
+    ),
+    # ------------------------------------------------------ evaluation only
+    ModelEntry(
+        name="farl-celeba-attributes",
+        filename="face_attribute.farl.celeba.pt",
+        urls=("https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt",),
+        sha256=None,
+        size=None,
+        licence=(
+            "facer code MIT; FaRL backbone pre-trained on LAION-Face, head fine-tuned on CelebA attribute labels "
+            "(CelebA: non-commercial research only): research use only"
+        ),
+        licence_tag="MIT code, CelebA labels (research only)",
+        role="attribute-classifier",
+        layout="facer-farl-classification",
+        preprocessing=(
+            "face warped by a 5-point similarity (eye centres, nose tip, mouth corners) onto facer's 'xray' "
+            "template at 224x224, RGB in [0, 1] without mean/std; FaRL ViT-B/16 last-layer tokens -> "
+            "VITClassificationHeadV0 (mean, max, cls + LayerNorm, softmax-weighted) -> 40 sigmoid logits"
+        ),
+        description="FaRL CelebA 40-attribute classifier (facer 'farl/celeba/224'), for falco eval-attributes",
+        homepage="https://github.com/FacePerceiver/facer",
+        checksum_source="none published upstream",
+        notes="plain state dict of facer's FACTransformer (keys backbone.*, head.*); loaded with weights_only=True",
+    ),
+    ModelEntry(
+        name="inception-fid",
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",),
+        sha256=None,
+        size=None,
+        licence=(
+            "pytorch-fid Apache-2.0; weights ported from TensorFlow's inception-2015-12-05 (Apache-2.0), "
+            "trained on ImageNet (research use of the ImageNet data)"
+        ),
+        licence_tag="Apache-2.0 (ImageNet-trained)",
+        role="image-quality",
+        layout="pytorch-fid-inception",
+        preprocessing="RGB in [0, 1], bilinear resize to 299x299, 2x - 1; 2048-d pool3 features (FID, KID)",
+        description="FID Inception-v3 (TensorFlow FID weights, pytorch-fid port), for falco eval-attributes",
+        homepage="https://github.com/mseitzer/pytorch-fid",
+        checksum_source=(
+            "no full sha256 published; the file name carries torch.hub's sha256 prefix 6726825d "
+            "(not enforced by the registry)"
         ),
     ),
     # ---------------------------------------------------- dlib (PyPI package)

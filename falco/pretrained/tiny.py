@@ -7,7 +7,11 @@ Every network falco loads is written the way upstream ships it, only very small:
 - encoder: ``e4e_ffhq_encode.pt`` layout (``encoder.*``, ``decoder.*`` = the same generator,
   ``latent_avg``, ``opts``), 1 IR-SE unit per stage;
 - identity: ``model_ir_se50.pth`` (a bare IR-SE state dict, 512-d embedding);
-- attributes: FaRL ``{"state_dict": <OpenAI-CLIP keys>}``, a 2-layer ViT.
+- attributes: FaRL ``{"state_dict": <OpenAI-CLIP keys>}``, a 2-layer ViT;
+- ciagan: CIAGAN's ``modelG.pth`` layout (a bare ``arch_unet_flex.Generator`` state dict),
+  widths / 8 and 16 identities;
+- deepprivacy: DeepPrivacy's trainer checkpoint layout (``running_average_generator``,
+  ``global_step``), a v1 generator 16 / 8 channels wide.
 
 The set's ``manifest.json`` has ``kind: "tiny-random"``; every command that loads it warns
 that its outputs are not meaningful. Weights are seeded, so two sets written with the same
@@ -37,6 +41,8 @@ _NAMES = {
     "encoder": "e4e-ffhq",
     "identity": "arcface-irse50",
     "attributes": "farl-ep64",
+    "ciagan": "ciagan",
+    "deepprivacy": "deepprivacy",
 }
 
 
@@ -57,6 +63,8 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
 
     Existing files of the same names are replaced atomically. Returns the manifest path.
     """
+    from falco.baselines.ciagan_net import tiny_ciagan_state_dict
+    from falco.baselines.deepprivacy_net import tiny_deepprivacy_state_dict
     from falco.models.arcface import tiny_arcface
     from falco.models.e4e import tiny_e4e
     from falco.models.farl import tiny_farl_state_dict
@@ -85,5 +93,7 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
     })
     save("identity", tiny_arcface(seed=seed).facenet.state_dict())
     save("attributes", {"state_dict": tiny_farl_state_dict(seed=seed)})
+    save("ciagan", tiny_ciagan_state_dict(seed=seed))
+    save("deepprivacy", {"running_average_generator": tiny_deepprivacy_state_dict(seed=seed), "global_step": 0})
     return write_manifest(d, kind=KIND_TINY, files=files, note=TINY_NOTE,
                           defaults=dict(_NAMES), seed=seed)

@@ -1,0 +1,156 @@
+"""FALCO behind the :class:`~falco.baselines.base.Anonymizer` interface.
+
+``process`` (batched across photos): aligned crops -> e4e W+ codes -> features -> nearest fake
+in the bank -> :func:`falco.anonymize.optimise` -> rendered anonymized crops.
+``apply`` (per photo): paste every anonymized crop back into the photo.
+
+A batch that fails (e.g. a NaN loss) is retried face by face; a face that still fails is
+marked failed and ``apply`` covers it with the ``on_fail`` fallback, so no identifiable face
+leaves the tool by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from falco.anonymize import FalcoParams, optimise
+from falco.baselines.base import Anonymizer, fallback
+from falco.errors import InputError
+from falco.faces.ffhq import AlignedFace
+from falco.faces.paste import paste_back
+from falco.inversion import encode, render_256, to_tensor, to_uint8
+
+log = logging.getLogger(__name__)
+
+ON_FAIL = ("blur", "pixelate", "mask", "skip")
+
+
+@dataclass
+class FalcoFace:
+    """What :meth:`FalcoAnonymizer.process` gives back for one face."""
+
+    ok: bool
+    reason: str | None = None
+    crop: np.ndarray | None = None          # anonymized crop, generator resolution, uint8
+    ws: torch.Tensor | None = None          # [num_ws, w_dim]
+    ws_real: torch.Tensor | None = None     # [num_ws, w_dim]
+    neighbour: int | None = None
+    losses: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    previews: dict[str, np.ndarray] = field(default_factory=dict)  # 'inverted', 'neighbour' (256 px)
+
+
+class FalcoAnonymizer(Anonymizer):
+    """FALCO (Barattin et al., CVPR 2023) as an anonymizer.
+
+    Args:
+        G, E, latent_avg, id_encoder, farl: Networks (see :func:`falco.models.zoo.load_role`).
+        bank: An open :class:`falco.bank.Bank`; ``extractor``: the feature extractor it was built with.
+        params: FALCO hyperparameters.
+        on_fail: What covers a face that cannot be anonymized: blur, pixelate, mask or skip.
+        previews: Also render the inverted real face and the neighbour (for ``--save-crops``).
+    """
+
+    name = "falco"
+
+    def __init__(self, *, G, E, latent_avg, id_encoder, farl, bank, extractor, params: FalcoParams = FalcoParams(),
+                 on_fail: str = "blur", previews: bool = False, device: str | torch.device = "cpu") -> None:
+        if on_fail not in ON_FAIL:
+            raise InputError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
+        if E.n_styles != G.num_ws:
+            raise InputError(f"the encoder predicts {E.n_styles} W+ layers but the generator has {G.num_ws}")
+        if params.layers[1] > G.num_ws:
+            raise InputError(f"layers {params.layers}: the generator has only {G.num_ws} W+ layers")
+        bank.check_compatible(G, extractor)
+        self.G, self.E, self.latent_avg = G, E, latent_avg
+        self.id_encoder, self.farl = id_encoder, farl
+        self.bank, self.extractor = bank, extractor
+        self.params, self.on_fail, self.previews = params, on_fail, previews
+        self.device = torch.device(device)
+
+    def settings(self) -> dict:
+        return {"method": "falco", **self.params.as_dict(), "on_fail": self.on_fail,
+                "bank": str(getattr(self.bank, "path", "")), "bank_size": len(self.bank),
+                "features": getattr(self.extractor, "name", "?")}
+
+    # -- batched work ------------------------------------------------------------------------
+    def process(self, faces: list[AlignedFace]) -> list[FalcoFace]:
+        if not faces:
+            return []
+        try:
+            return self._process(faces)
+        except Exception as exc:
+            if len(faces) == 1:
+                log.warning("face could not be anonymized: %s: %s", type(exc).__name__, exc)
+                return [FalcoFace(ok=False, reason=f"{type(exc).__name__}: {exc}")]
+            return [r for face in faces for r in self.process([face])]
+
+    def _process(self, faces: list[AlignedFace]) -> list[FalcoFace]:
+        G, dev = self.G, self.device
+        x_real = to_tensor(np.stack([f.image for f in faces]), size=256, device=dev)
+        with torch.no_grad():
+            ws_real = encode(self.E, x_real, self.latent_avg)
+            feats = self.extractor(x_real).float().cpu().numpy()
+        idx = np.asarray(self.bank.pair(feats)).reshape(-1)
+        w_fake = self.bank.ws[torch.as_tensor(idx, dtype=torch.long)].to(dev, torch.float32)
+        ws_fake = w_fake[:, None].repeat(1, G.num_ws, 1)
+        result = optimise(ws_real, ws_fake, x_real, G, self.id_encoder, self.farl, params=self.params)
+        if not torch.isfinite(result.ws).all():
+            raise FloatingPointError("the optimisation diverged (non-finite W+ code)")
+        with torch.no_grad():
+            crops = to_uint8(G.synthesis(result.ws, noise_mode="const"))
+            previews = {}
+            if self.previews:
+                previews = {"inverted": to_uint8(render_256(G, ws_real)),
+                            "neighbour": to_uint8(render_256(G, ws_fake))}
+        out = []
+        for i in range(len(faces)):
+            out.append(FalcoFace(
+                ok=True, crop=crops[i], ws=result.ws[i].cpu(), ws_real=ws_real[i].cpu(), neighbour=int(idx[i]),
+                losses={k: _finite(v) for k, v in result.final(i).items()},
+                curves={k: v[:, i].tolist() for k, v in result.losses.items()},
+                previews={k: v[i] for k, v in previews.items()},
+            ))
+        return out
+
+    # -- per photo ---------------------------------------------------------------------------
+    def apply(self, photo: np.ndarray, faces: list[AlignedFace], results: list[FalcoFace]) -> tuple[np.ndarray, list[dict]]:
+        out = photo
+        records = []
+        for face, res in zip(faces, results):
+            if res.ok:
+                out = paste_back(out, face, res.crop)
+                records.append({"method": "falco", "status": "done", "neighbour": res.neighbour, "losses": res.losses})
+            elif self.on_fail == "skip":
+                records.append({"method": "none", "status": "failed", "reason": res.reason, "fallback": "skip"})
+            else:
+                out = fallback(out, face, self.on_fail)
+                records.append({"method": self.on_fail, "status": "fallback", "reason": res.reason,
+                                "fallback": self.on_fail})
+        return (out.copy() if out is photo else out), records
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def load_falco(models: str | os.PathLike | None, *, bank: Any, device: torch.device, params: FalcoParams,
+               on_fail: str = "blur", previews: bool = False) -> FalcoAnonymizer:
+    """Load every network FALCO needs from a model set and wrap them with ``bank``."""
+    from falco.features import load_extractor
+    from falco.models.zoo import load_role
+
+    G = load_role("generator", models, device)
+    E, latent_avg = load_role("encoder", models, device)
+    extractor = load_extractor(bank.manifest.get("features", {}).get("name", "farl") if isinstance(
+        bank.manifest.get("features"), dict) else bank.manifest.get("features", "farl"), models, device)
+    return FalcoAnonymizer(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", models, device),
+                           farl=load_role("attributes", models, device), bank=bank, extractor=extractor,
+                           params=params, on_fail=on_fail, previews=previews, device=device)

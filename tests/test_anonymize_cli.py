@@ -1,0 +1,274 @@
+"""`falco anonymize` and `falco demo` end to end on the shared photos with a tiny model set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from falco.commands.anonymize import run_anonymize
+from falco.config import AnonymizeConfig
+from falco.faces.ffhq import AlignedFace
+from falco.faces.paste import photo_mask
+from falco.imageio import load_image
+from falco.manifest import RunManifest
+from falco.pretrained.tiny import write_tiny_model_set
+from tests.conftest import shared_path
+
+FACES = 67
+QUIET = dict(progress=False)
+
+
+def falco_cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "falco", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    write_tiny_model_set(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def faces_dir() -> Path:
+    return shared_path("data", "faces")
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tiny_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bank") / "bank"
+    res = falco_cli("bank", "build", "--out", str(out), "--num", "300", "--models", str(tiny_models),
+                    "--device", "cpu", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def anonymized(tiny_models, bank_dir, faces_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("anon") / "out"
+    cfg = AnonymizeConfig(input=faces_dir, out=out, models=tiny_models, bank=bank_dir, steps=3, format="png",
+                          device="cpu", **QUIET)
+    summary = run_anonymize(cfg, echo=lambda *_: None)
+    assert not summary.failed and summary.faces == FACES
+    return out
+
+
+def _face(row: dict) -> AlignedFace:
+    return AlignedFace(box=tuple(row["box"]), landmarks=np.array(row["landmarks"]), quad=np.array(row["quad"]),
+                       image=np.zeros((256, 256, 3), np.uint8))
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
+
+
+def test_every_photo_is_written_and_only_faces_change(anonymized, faces_dir):
+    with RunManifest(anonymized) as m:
+        faces = m.faces()
+        inputs = {r["source"]: r for r in m.inputs()}
+    assert len(inputs) == 11 and len(faces) == FACES
+    for key in inputs:
+        assert (anonymized / Path(key).with_suffix(".png")).is_file()
+    assert np.array_equal(load_image(faces_dir / "dogs.jpg"), load_image(anonymized / "dogs.png"))
+    by_photo: dict[str, list[dict]] = {}
+    for row in faces:
+        assert row["status"] == "done" and row["method"] == "falco"
+        assert len(row["box"]) == 4 and np.array(row["quad"]).shape == (4, 2)
+        by_photo.setdefault(row["source"], []).append(row)
+    for source, rows in by_photo.items():
+        real = load_image(faces_dir / source)
+        anon = load_image(anonymized / Path(source).with_suffix(".png"))
+        inside = np.zeros(real.shape[:2], bool)
+        for row in rows:
+            mask = photo_mask(_face(row), real.shape) > 0
+            assert np.abs(real[mask].astype(int) - anon[mask]).mean() > 1.0, f"{source}: a face did not change"
+            inside |= mask
+        assert np.array_equal(real[~inside], anon[~inside]), f"{source}: pixels outside the faces changed"
+
+
+def test_codes_and_losses_are_recorded(anonymized):
+    with RunManifest(anonymized) as m:
+        faces = m.faces()
+        run = m.runs()[-1]
+    assert run["config"]["m"] == 0.0 and run["config"]["method_settings"]["lambda_id"] == 10.0
+    assert set(run["config"]["method_settings"]) >= {"steps", "lr", "layers", "bank_size"}
+    assert json.loads(json.dumps(run["summary"]))["faces"] == FACES
+    row = faces[0]
+    codes = load_file(str(anonymized / row["codes"]))
+    assert codes["ws"].shape[1:] == (10, 64) and codes["ok"].all()
+    assert np.array_equal(codes["ws"][:, :3], codes["ws_real"][:, :3])
+    assert set(row["losses"]) == {"id", "attr", "total"} and len(row["loss_curves"]["total"]) == 3
+    assert row["neighbour"] >= 0
+
+
+def test_second_run_does_no_new_work(anonymized, tiny_models, bank_dir, faces_dir):
+    before = _digest(anonymized)
+    summary = run_anonymize(AnonymizeConfig(input=faces_dir, out=anonymized, models=tiny_models, bank=bank_dir,
+                                            steps=3, format="png", device="cpu", **QUIET), echo=lambda *_: None)
+    assert summary.skipped == 11 and summary.faces == 0
+    assert _digest(anonymized) == before
+
+
+def test_batched_equals_one_face_at_a_time(tiny_models, bank_dir, faces_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_002506.jpg", src / "a.jpg")  # 3 + 3 faces
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "b.jpg")
+    outs = {}
+    for bs in (8, 1):
+        out = tmp_path / f"bs{bs}"
+        run_anonymize(AnonymizeConfig(input=src, out=out, models=tiny_models, bank=bank_dir, steps=3, format="png",
+                                      batch_size=bs, device="cpu", **QUIET), echo=lambda *_: None)
+        outs[bs] = [load_file(str(out / "codes" / f"{k}.jpg.safetensors")) for k in "ab"]
+    assert sum(c["ws"].shape[0] for c in outs[8]) >= 4
+    for batched, single in zip(outs[8], outs[1]):
+        np.testing.assert_allclose(batched["ws"], single["ws"], atol=1e-4)
+        np.testing.assert_array_equal(batched["neighbours"], single["neighbours"])
+
+
+def test_failed_optimisation_falls_back_to_blur(tiny_models, bank_dir, faces_dir, tmp_path, monkeypatch):
+    import falco.falco_method as fm
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("loss is NaN")
+
+    monkeypatch.setattr(fm, "optimise", broken)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "a.jpg")
+    out = tmp_path / "out"
+    run_anonymize(AnonymizeConfig(input=src, out=out, models=tiny_models, bank=bank_dir, steps=2, format="png",
+                                  device="cpu", **QUIET), echo=lambda *_: None)
+    with RunManifest(out) as m:
+        faces = m.faces()
+    assert faces and all(f["status"] == "fallback" and f["fallback"] == "blur" for f in faces)
+    assert "NaN" in faces[0]["reason"]
+    real, anon = load_image(src / "a.jpg"), load_image(out / "a.png")
+    for row in faces:
+        mask = photo_mask(_face(row), real.shape) > 0
+        assert np.abs(real[mask].astype(int) - anon[mask]).mean() > 1.0
+
+
+def test_corrupt_input_exits_1_and_the_rest_is_written(tiny_models, bank_dir, faces_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "good.jpg")
+    shutil.copy(faces_dir / "dogs.jpg", src / "dogs.jpg")
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    before = _digest(src) | {"corrupt": hashlib.sha256((src / "corrupt.jpg").read_bytes()).hexdigest()}
+    res = falco_cli("anonymize", str(src), "--out", str(tmp_path / "out"), "--models", str(tiny_models),
+                    "--bank", str(bank_dir), "--steps", "2", "--device", "cpu", "--no-progress")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "corrupt.jpg" in res.stderr
+    assert (tmp_path / "out" / "good.jpg").is_file() and (tmp_path / "out" / "dogs.jpg").is_file()
+    assert not (tmp_path / "out" / "corrupt.jpg").exists()
+    after = _digest(src) | {"corrupt": hashlib.sha256((src / "corrupt.jpg").read_bytes()).hexdigest()}
+    assert after == before, "inputs were modified"
+    with Image_open(tmp_path / "out" / "good.jpg") as im:
+        assert im.format == "JPEG" and not im.getexif(), "metadata must be stripped"
+
+
+def Image_open(path: Path):
+    from PIL import Image
+
+    return Image.open(path)
+
+
+def test_bad_arguments_exit_2(tiny_models, faces_dir, tmp_path):
+    for args, needle in ((["--method", "nope"], "--method"), (["--format", "gif"], "--format"),
+                         (["--layers", "x"], "--layers"), (["--on-fail", "ignore"], "--on-fail")):
+        res = falco_cli("anonymize", str(faces_dir), "--out", str(tmp_path / "o"), "--models", str(tiny_models),
+                        "--device", "cpu", *args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of ``rank`` whose command line contains ``marker``."""
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+            environ = (proc_dir / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in cmdline and "torch.distributed.run" not in cmdline and f"RANK={rank}".encode() in environ:
+            return int(proc_dir.name)
+    return None
+
+
+def test_torchrun_matches_single_process_and_resumes_after_a_killed_rank(anonymized, tiny_models, bank_dir,
+                                                                          faces_dir, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "falco",
+           "anonymize", str(faces_dir), "--out", str(out), "--models", str(tiny_models), "--bank", str(bank_dir),
+           "--steps", "3", "--format", "png", "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "manifest.sqlite"
+    done, deadline = 0, time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as con:
+                        done = con.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+                except sqlite3.Error:
+                    pass
+                if done >= 2:
+                    break
+            time.sleep(0.2)
+        victim = _rank_pid(str(out), rank=1)
+        assert victim is not None, "rank 1 not found"
+        os.kill(victim, signal.SIGKILL)  # one rank dies; torchrun tears the job down
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 2 <= done < 11, f"could not kill the job midway ({done} inputs recorded)"
+    with sqlite3.connect(db) as con:
+        first = dict(con.execute("SELECT source, run_id FROM inputs").fetchall())
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, [line for line in res.stderr.splitlines() if "error" in line.lower()][:10]
+    with sqlite3.connect(db) as con:
+        final = dict(con.execute("SELECT source, run_id FROM inputs").fetchall())
+        n_faces = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+    assert len(final) == 11 and n_faces == FACES
+    assert all(final[k] == v for k, v in first.items()), "finished inputs were redone"
+    for p in sorted(anonymized.glob("*.png")):
+        a, b = load_image(p), load_image(out / p.name)
+        assert np.abs(a.astype(int) - b).max() <= 1, p.name
+    for p in sorted((anonymized / "codes").glob("*.safetensors")):
+        np.testing.assert_allclose(load_file(str(p))["ws"], load_file(str(out / "codes" / p.name))["ws"], atol=1e-4)
+
+
+def test_demo_writes_a_page_with_every_step(tmp_path, monkeypatch):
+    from falco.commands.demo import run_demo
+
+    monkeypatch.setenv("FALCO_HOME", str(tmp_path / "home"))  # no pretrained models: tiny set, loudly
+    lines: list[str] = []
+    page = run_demo(tmp_path / "demo", steps=3, bank_size=64, device="cpu", progress=False, echo=lines.append)
+    text = page.read_text()
+    assert any("TINY RANDOM" in line for line in lines)
+    assert "Tiny random model set" in text
+    import re
+
+    srcs = re.findall(r'src="([^"]+)"', text)
+    assert len(srcs) >= 2 + 4 + 1
+    for src in srcs:
+        assert (page.parent / src).is_file(), src
+    assert (page.parent / "loss_curves.png").stat().st_size > 1000
