@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from falco import __version__
-from falco.errors import FalcoError
+from falco.errors import FalcoError, InputError
 
 app = typer.Typer(
     name="falco",
@@ -51,6 +51,10 @@ from falco.pretrained.cli import models_app  # noqa: E402
 
 app.add_typer(models_app, name="models", help="List, download, verify pretrained models; make a tiny offline set.")
 
+from falco.commands.bank import bank_app  # noqa: E402
+
+app.add_typer(bank_app, name="bank", help="Build and inspect fake banks (fakes + features + FAISS index) for pairing.")
+
 MODELS_OPTION = typer.Option(None, "--models", help="Model set directory (default: $FALCO_HOME/models).")
 
 
@@ -78,12 +82,112 @@ def invert_command(
     _finish(summary)
 
 
+@app.command("eval-attributes")
+def eval_attributes_command(
+    real: Path = typer.Option(..., "--real", help="Folder of the original photos."),
+    anon: list[Path] = typer.Option(..., "--anon", help="Folder of anonymized photos (same relative paths); repeat to compare runs."),
+    out: Path = typer.Option(Path("eval-report"), "--out", help="Report folder (report.json/.md/.html)."),
+    pairs: Optional[list[Path]] = typer.Option(None, "--pairs", help="Run manifest to pair faces by (once, or once per --anon)."),
+    name: Optional[list[str]] = typer.Option(None, "--name", help="Run name, once per --anon (default: folder name)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of attribute labels (source[,face_index],attr...)."),
+    detectors: str = typer.Option("hog,cnn,mtcnn", "--detectors", help="Detection-rate detectors: hog, cnn[:UPSAMPLE], mtcnn."),
+    recognizers: str = typer.Option("dlib,arcface", "--recognizers", help="Re-identification: dlib (offline), arcface."),
+    classifiers: str = typer.Option("landmarks,farl-celeba", "--classifiers", help="Attributes: landmarks, farl-celeba."),
+    upsample: int = typer.Option(1, "--upsample", min=0, max=4, help="dlib upsampling (reference detector, hog, cnn)."),
+    no_fid: bool = typer.Option(False, "--no-fid", help="Skip FID/KID."),
+    examples: int = typer.Option(8, "--examples", min=0, help="Example pairs per run in report.html (0: no real faces)."),
+    models: Optional[Path] = MODELS_OPTION,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Measure detection, re-identification, attribute preservation and quality of anonymized photos."""
+    from falco.commands.eval_attributes import run_eval_attributes
+    from falco.evaluation import EvalConfig
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+
+    cfg = EvalConfig(real=real, anon=tuple(anon), names=tuple(name or ()), pairs=tuple(pairs or ()), labels=labels,
+                     detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
+                     upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device)
+    run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))
+
+
+@app.command("anonymize")
+def anonymize_command(
+    input: Path = typer.Argument(..., help="A photo, a folder (recursive) or a text file of paths."),
+    out: Path = typer.Option(..., "--out", help="Output directory (resumable; never inside INPUT)."),
+    method: str = typer.Option("falco", "--method", help="falco, blur, pixelate, mask, ciagan or deepprivacy."),
+    m: float = typer.Option(0.0, "--m", min=0.0, max=1.0, help="Identity margin m of |cos - m| (paper: 0.0)."),
+    steps: int = typer.Option(50, "--steps", min=0, help="Optimisation steps per face."),
+    models: Optional[Path] = MODELS_OPTION,
+    bank: Optional[Path] = typer.Option(None, "--bank", help="Fake bank from `falco bank build` (default: build a small one)."),
+    bank_size: int = typer.Option(2000, "--bank-size", min=1, help="Fakes in the bank built when --bank is not given."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces optimised together."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, "--seed"),
+    format: Optional[str] = typer.Option(None, "--format", help="png, jpeg or webp (default: the input's format)."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    on_fail: str = typer.Option("blur", "--on-fail", help="Cover faces that cannot be anonymized: blur, pixelate, mask or skip."),
+    save_crops: bool = typer.Option(False, "--save-crops", help="Also write real/inverted/neighbour/anonymized crops."),
+    lr: float = typer.Option(0.01, "--lr", help="Adam learning rate."),
+    lambda_id: float = typer.Option(10.0, "--lambda-id", help="Weight of the identity loss."),
+    lambda_attr: float = typer.Option(0.1, "--lambda-attr", help="Weight of the attribute loss."),
+    layers: str = typer.Option("3:8", "--layers", help="Trainable W+ layers START:END (paper 3:8 = layers 3..7)."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast on CUDA."),
+    detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
+    upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
+    blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
+    pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks."),
+    ciagan_id: Optional[int] = typer.Option(None, "--ciagan-id", help="ciagan: target identity (default: random, seeded)."),
+    guard: str = typer.Option("enforce", "--guard", help="Privacy guard: off, warn or enforce (exit 1 if a face needed the fallback)."),
+    keep_identity: Optional[list[Path]] = typer.Option(None, "--keep-identity", help="Photo of a consenting person whose faces are left as they are (repeatable)."),
+    sidecar: bool = typer.Option(False, "--sidecar", help="Write <photo>.json with each face's provenance."),
+    export_detections: Optional[str] = typer.Option(None, "--export-detections", help="coco: write detections_coco.json (boxes, RLE masks)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
+    from falco.commands.anonymize import run_anonymize
+    from falco.config import AnonymizeConfig
+
+    try:
+        start, end = (int(v) for v in layers.split(":"))
+    except ValueError:
+        raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
+    options = {k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id))
+               if v is not None}
+    cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, bank=bank, bank_size=bank_size, m=m,
+                          steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
+                          amp=amp, batch_size=batch_size, device=device, seed=seed,
+                          format=format.lower() if format else None, quality=quality, on_fail=on_fail,
+                          save_crops=save_crops, detector=detector, upsample=upsample, method_options=options,
+                          guard=guard, keep_identity=tuple(keep_identity or ()), sidecar=sidecar,
+                          export_detections=export_detections, progress=not no_progress)
+    summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
+    _finish(summary)
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("falco-demo"), "--out", help="Where to write the demo (HTML page + outputs)."),
+    models: Optional[Path] = MODELS_OPTION,
+    steps: int = typer.Option(50, "--steps", min=0, help="Optimisation steps."),
+    bank_size: int = typer.Option(500, "--bank-size", min=1, help="Fakes in the demo's bank."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+) -> None:
+    """Anonymize a public-domain photo end to end and write an HTML page of every step."""
+    from falco.commands.demo import run_demo
+
+    run_demo(out, models=models, steps=steps, bank_size=bank_size, device=device, progress=not no_progress,
+             echo=lambda msg: typer.echo(msg, err=True))
+
+
 def _finish(summary) -> None:
     """Print the run summary; exit 1 when any input failed (listing them)."""
     typer.echo(summary.line())
-    if summary.failed:
-        for key, reason in summary.failed:
-            typer.echo(f"failed: {key}: {reason}", err=True)
+    for key, reason in summary.failed:
+        typer.echo(f"failed: {key}: {reason}", err=True)
+    if summary.failed or getattr(summary, "unsafe", 0):
         raise typer.Exit(1)
 
 

@@ -57,6 +57,10 @@ class AnonymizeConfig:
     detector: str = "hog"
     upsample: int = 1
     method_options: dict = dataclasses.field(default_factory=dict)
+    guard: str = "enforce"
+    keep_identity: tuple[Path, ...] = ()
+    sidecar: bool = False
+    export_detections: str | None = None
     progress: bool = True
 
 

@@ -120,6 +120,18 @@ class FalcoAnonymizer(Anonymizer):
             ))
         return out
 
+    def redo(self, photo: np.ndarray, face: AlignedFace, factor: float = 3.0) -> np.ndarray | None:
+        """Anonymize ``face`` again with the identity weight times ``factor``; None if that fails."""
+        from dataclasses import replace
+
+        saved = self.params
+        self.params = replace(saved, lambda_id=saved.lambda_id * factor)
+        try:
+            res = self.process([face])[0]
+        finally:
+            self.params = saved
+        return paste_back(photo, face, res.crop) if res.ok else None
+
     # -- per photo ---------------------------------------------------------------------------
     def apply(self, photo: np.ndarray, faces: list[AlignedFace], results: list[FalcoFace]) -> tuple[np.ndarray, list[dict]]:
         out = photo

@@ -41,6 +41,7 @@ class Photo:
     item: InputItem
     image: np.ndarray
     faces: list[AlignedFace]
+    kept: list[AlignedFace] = field(default_factory=list)  # left as they are (``select`` said so)
 
 
 @dataclass
@@ -53,15 +54,19 @@ class RunSummary:
     no_face: int = 0
     faces: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    unsafe: int = 0  # faces the privacy guard could not certify (exit status 1 under --guard enforce)
 
     def as_dict(self) -> dict:
         return dict(total=self.total, skipped=self.skipped, done=self.done, no_face=self.no_face,
-                    faces=self.faces, failed=[list(f) for f in self.failed])
+                    faces=self.faces, failed=[list(f) for f in self.failed], unsafe=self.unsafe)
 
     def line(self) -> str:
         """One-line human summary."""
-        return (f"{self.total} inputs: {self.done} done, {self.no_face} without a face, "
+        text = (f"{self.total} inputs: {self.done} done, {self.no_face} without a face, "
                 f"{len(self.failed)} failed, {self.skipped} already done; {self.faces} faces processed")
+        if self.unsafe:
+            text += f"; {self.unsafe} faces not anonymized by the method (privacy guard)"
+        return text
 
 
 def face_row(face: AlignedFace, **extra: Any) -> dict:
@@ -84,7 +89,8 @@ class FaceRun:
     """
 
     def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = "hog",
-                 upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True) -> None:
+                 upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
+                 select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None) -> None:
         self.items = list(items)
         self.manifest = manifest
         self.detector = detector
@@ -92,6 +98,7 @@ class FaceRun:
         self.align_size = align_size
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
+        self.select = select
 
     def run(self, process: Callable[[list[AlignedFace]], list[Any]],
             finish: Callable[[Photo, list[Any]], tuple[dict, list[dict]]]) -> RunSummary:
@@ -134,7 +141,14 @@ class FaceRun:
             self._fail(item.key, f"{type(exc).__name__}: {exc}", summary)
             log.debug("%s", traceback.format_exc())
             return None
-        return Photo(item, image, faces)
+        if self.select is None or not faces:
+            return Photo(item, image, faces)
+        try:
+            keep = self.select(image, faces)
+        except Exception as exc:
+            self._fail(item.key, f"selecting faces failed: {type(exc).__name__}: {exc}", summary)
+            return None
+        return Photo(item, image, [f for f, k in zip(faces, keep) if not k], [f for f, k in zip(faces, keep) if k])
 
     def _flush(self, pending: list[Photo], process, finish, summary: RunSummary, bar) -> None:
         if not pending:
@@ -163,10 +177,11 @@ class FaceRun:
                 self._fail(photo.item.key, f"writing outputs failed: {type(exc).__name__}: {exc}", summary)
                 bar.update(1)
                 continue
-            status = "done" if photo.faces else "no_face"
-            self.manifest.record_input(photo.item.key, status, reason=None if photo.faces else "no face found",
+            status = "done" if photo.faces or photo.kept else "no_face"
+            self.manifest.record_input(photo.item.key, status,
+                                       reason=None if status == "done" else "no face found",
                                        faces=rows, outputs=outputs)
-            if photo.faces:
+            if status == "done":
                 summary.done += 1
                 summary.faces += len(photo.faces)
             else:

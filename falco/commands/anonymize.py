@@ -13,6 +13,7 @@ Outputs under ``--out``:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ import torch
 
 from falco import __version__
 from falco.config import AnonymizeConfig, as_dict
-from falco.errors import InputError
+from falco.errors import FalcoError, InputError
 from falco.imageio import save_image
 from falco.distributed import local_device
-from falco.io import check_output_dir, discover_inputs, save_tensors
+from falco.io import atomic_path, check_output_dir, discover_inputs, save_tensors
 from falco.manifest import RunManifest
 from falco.models.zoo import resolve_device, tiny_notice
 from falco.runs import FaceRun, Photo, RunSummary, face_row, run_in_out_dir
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 ON_FAIL = ("blur", "pixelate", "mask", "skip")
+GUARD_MODES = ("off", "warn", "enforce")
 METHODS = ("falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy")
 
 
@@ -48,10 +50,20 @@ def run_anonymize(cfg: AnonymizeConfig, *, echo=print) -> RunSummary:
     """Run ``falco anonymize`` with the given settings; returns the run summary."""
     if cfg.format is not None and cfg.format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(sorted(FORMATS))}, got {cfg.format!r}")
-    if cfg.method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    from falco.baselines.base import available_methods
+
+    methods = sorted(set(METHODS) | set(available_methods()))
+    if cfg.method not in methods:
+        raise InputError(f"--method must be one of {', '.join(methods)}, got {cfg.method!r}")
     if cfg.on_fail not in ON_FAIL:
         raise InputError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {cfg.on_fail!r}")
+    if cfg.guard not in GUARD_MODES:
+        raise InputError(f"--guard must be one of {', '.join(GUARD_MODES)}, got {cfg.guard!r}")
+    if cfg.export_detections not in (None, "coco"):
+        raise InputError(f"--export-detections must be 'coco', got {cfg.export_detections!r}")
+    for ref in cfg.keep_identity:
+        if not Path(ref).is_file():
+            raise InputError(f"--keep-identity {str(ref)!r}: no such file")
     items = discover_inputs(cfg.input)
     check_output_dir(cfg.out, cfg.input)
     device = local_device(resolve_device(cfg.device))
@@ -119,10 +131,17 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
     if notice:
         echo(f"warning: {notice}")
     anonymizer = make_anonymizer(cfg, device, echo)
+    guard = make_guard(cfg, device)
+    select = make_selector(cfg.keep_identity)
+    hashes = model_hashes(cfg.models, roles)
     manifest = RunManifest(cfg.out)
-    manifest.start_run("anonymize", {**as_dict(cfg), "method_settings": anonymizer.settings()},
+    manifest.start_run("anonymize", {**as_dict(cfg), "method_settings": anonymizer.settings(),
+                                     "guard_settings": guard.settings()},
                        env={"falco": __version__, "torch": torch.__version__, "device": str(device),
-                            "tiny_models": bool(notice), "model_sha256": model_hashes(cfg.models, roles)})
+                            "tiny_models": bool(notice), "model_sha256": hashes})
+    provenance = {"method": cfg.method, "settings": anonymizer.settings(), "seed": cfg.seed, "model_sha256": hashes,
+                  "guard": guard.settings()}
+    redo = getattr(anonymizer, "redo", None)
 
     def finish(photo: Photo, results: list[Any]):
         key = photo.item.key
@@ -131,34 +150,165 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
             new_photo, records = anonymizer.apply(photo.image, photo.faces, results)
         else:
             new_photo, records = photo.image, []
+        checked = guard.review(photo.image, new_photo, photo.faces, kept=photo.kept,
+                               redo=(lambda img, i: redo(img, photo.faces[i])) if redo else None)
+        new_photo = checked.photo
         (cfg.out / rel).parent.mkdir(parents=True, exist_ok=True)
         save_image(cfg.out / rel, new_photo, format=None, quality=cfg.quality)
-        outputs: dict[str, Any] = {"photo": rel}
+        outputs: dict[str, Any] = {"photo": rel, "size": list(photo.image.shape[:2])}
         rows = []
         for i, (face, record) in enumerate(zip(photo.faces, records)):
             row = face_row(face, **record)
+            if checked.verdicts:
+                verdict = checked.verdicts[i]
+                row["guard"] = verdict
+                if verdict["verdict"] in ("fallback", "unsafe"):
+                    row["status"] = verdict["verdict"]
+                    row["fallback"] = guard_fallback(cfg)
+            row["guard_failing"] = guard.mode == "enforce" and row.get("status") in ("fallback", "unsafe", "failed")
             res = results[i]
             if getattr(res, "curves", None):
                 row["loss_curves"] = res.curves
             if cfg.save_crops:
                 row["crops"] = _save_crops(cfg.out, key, i, face, res)
             rows.append(row)
+        rows += [face_row(face, status="kept", method="none", reason="matches --keep-identity") for face in photo.kept]
+        rows += [dict(row, status="missed", score=None, quad_size=None) for row in checked.missed]
         if cfg.method == "falco" and photo.faces:
             outputs["codes"] = _save_codes(cfg.out, key, photo, results)
-            for i, row in enumerate(rows):
-                row.update(codes=outputs["codes"], code_index=i)
+            for i in range(len(photo.faces)):
+                rows[i].update(codes=outputs["codes"], code_index=i)
+        if cfg.export_detections:
+            for row in rows:
+                row["mask_rle"] = mask_rle(row, photo.image.shape)
+        if cfg.sidecar:
+            _write_sidecar(cfg.out / f"{rel}.json", key, photo.image.shape, rows, provenance)
         return outputs, rows
 
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=256,
-                     batch_size=cfg.batch_size, progress=cfg.progress)
+                     batch_size=cfg.batch_size, progress=cfg.progress, select=select)
     summary = runner.run(anonymizer.process, finish)
-    fell_back = sum(1 for f in manifest.faces() if f["status"] in ("fallback", "failed"))
-    if fell_back:
-        echo(f"warning: {fell_back} face(s) could not be anonymized by {cfg.method} and were covered by "
-             f"--on-fail {cfg.on_fail} (see manifest.sqlite)")
-    manifest.finish_run({**summary.as_dict(), "faces_fallback": fell_back})
+    faces = manifest.faces()
+    counts = {s: sum(1 for f in faces if f["status"] == s) for s in ("fallback", "unsafe", "failed", "missed", "kept")}
+    counts["redone"] = sum(1 for f in faces if (f.get("guard") or {}).get("verdict") == "redone")
+    counts["checked"] = sum(1 for f in faces if f.get("guard"))
+    summary.unsafe = sum(1 for f in faces if f.get("guard_failing"))
+    if guard.active:
+        echo(f"privacy guard ({guard.mode}): {counts['checked']} faces checked, {counts['redone']} re-done, "
+             f"{counts['fallback']} fell back to {guard_fallback(cfg)}, {counts['unsafe']} unsafe, "
+             f"{counts['missed']} missed by detection and covered, {counts['kept']} kept")
+    if counts["fallback"] + counts["failed"]:
+        echo(f"warning: {counts['fallback'] + counts['failed']} face(s) were not anonymized by {cfg.method} "
+             "(see manifest.sqlite)")
+    if cfg.export_detections == "coco":
+        export_coco(manifest, cfg.out / "detections_coco.json")
+    manifest.finish_run({**summary.as_dict(), "faces": counts})
     manifest.close()
     return summary
+
+
+def guard_fallback(cfg: AnonymizeConfig) -> str:
+    """The fallback the guard uses: ``--on-fail``, or blur when that is ``skip`` (fail closed)."""
+    return cfg.on_fail if cfg.on_fail != "skip" else "blur"
+
+
+def make_guard(cfg: AnonymizeConfig, device: torch.device):
+    """The privacy guard of ``--guard`` (dlib always; ArcFace when real weights are installed)."""
+    from falco.align import detect_and_align
+    from falco.baselines.base import fallback
+    from falco.guard import PrivacyGuard, Recognizers
+    from falco.pretrained.modelset import is_tiny
+
+    arcface = None
+    if cfg.guard != "off" and not is_tiny(cfg.models):
+        try:
+            from falco.evaluation.reid import ArcFaceRecognizer
+
+            arcface = ArcFaceRecognizer.from_models(cfg.models, device=str(device))
+        except FalcoError:
+            arcface = None  # not installed: dlib alone (recorded in the guard settings)
+    how = guard_fallback(cfg)
+    return PrivacyGuard(cfg.guard, Recognizers(arcface), lambda img, face: fallback(img, face, how),
+                        lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1))
+
+
+def make_selector(references: tuple[Path, ...]):
+    """``--keep-identity``: a function flagging faces that match a reference photo (dlib, < 0.6)."""
+    if not references:
+        return None
+    from falco.align import detect_and_align
+    from falco.evaluation.reid import DlibRecognizer
+    from falco.imageio import load_image
+
+    rec = DlibRecognizer()
+    refs = []
+    for path in references:
+        image = load_image(path)
+        faces = detect_and_align(image, size=64)
+        if not faces:
+            raise InputError(f"--keep-identity {str(path)!r}: no face found in the reference photo")
+        largest = max(faces, key=lambda f: f.quad_size)
+        refs.append(rec.embed(image, [largest.landmarks])[0])
+    refs_arr = np.stack(refs)
+
+    def select(image: np.ndarray, faces) -> list[bool]:
+        desc = rec.embed(image, [f.landmarks for f in faces])
+        dist = np.linalg.norm(desc[:, None] - refs_arr[None], axis=-1)
+        return [bool(d.min() < rec.threshold) for d in dist]
+
+    return select
+
+
+def mask_rle(row: dict, shape: tuple[int, ...]) -> dict:
+    """COCO uncompressed RLE of a face's region (the paste-back mask) in the photo."""
+    from falco.faces.ffhq import AlignedFace
+    from falco.faces.paste import photo_mask
+
+    face = AlignedFace(box=tuple(row["box"]), landmarks=np.asarray(row["landmarks"]), quad=np.asarray(row["quad"]),
+                       image=np.zeros((8, 8, 3), np.uint8))
+    mask = (photo_mask(face, shape) > 0).astype(np.uint8)
+    flat = mask.flatten(order="F")  # COCO: column-major, counts alternate zeros and ones
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(shape[0]), int(shape[1])], "counts": [int(c) for c in counts]}
+
+
+def export_coco(manifest: RunManifest, path: Path) -> Path:
+    """Every face of the run as COCO detections (bbox, RLE mask, status) in ``path``."""
+    images, annotations = [], []
+    ids = {}
+    for row in manifest.inputs():
+        if row["status"] != "done":
+            continue
+        ids[row["source"]] = len(ids) + 1
+        h, w = row["outputs"].get("size", [0, 0])
+        images.append({"id": ids[row["source"]], "file_name": row["outputs"].get("photo", row["source"]),
+                       "source": row["source"], "height": h, "width": w})
+    for face in manifest.faces():
+        if face["source"] not in ids or "mask_rle" not in face:
+            continue
+        x0, y0, x1, y1 = face["box"]
+        rle = face["mask_rle"]
+        annotations.append({"id": len(annotations) + 1, "image_id": ids[face["source"]], "category_id": 1,
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(sum(rle["counts"][1::2])),
+                            "segmentation": rle, "iscrowd": 0, "score": face.get("score"),
+                            "status": face["status"], "face_index": face["face_index"]})
+    data = {"info": {"description": "falco anonymize detections", "version": __version__},
+            "images": images, "annotations": annotations, "categories": [{"id": 1, "name": "face"}]}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data))
+    return path
+
+
+def _write_sidecar(path: Path, key: str, shape: tuple[int, ...], rows: list[dict], provenance: dict) -> None:
+    keep = ("box", "score", "landmarks", "quad", "status", "method", "reason", "fallback", "guard", "neighbour",
+            "losses")
+    faces = [{k: row[k] for k in keep if k in row} for row in rows]
+    data = {"source": key, "height": int(shape[0]), "width": int(shape[1]), **provenance, "faces": faces}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _save_codes(out: Path, key: str, photo: Photo, results: list[Any]) -> str:

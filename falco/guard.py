@@ -1,0 +1,168 @@
+"""Fail-closed privacy guard: check every output photo before it is written.
+
+After an anonymizer has handled a photo, the guard
+
+1. checks each anonymized face against its original with dlib's face-recognition ResNet
+   (same person when the 128-d distance is below 0.6) and, when its weights are real, ArcFace
+   (cosine at least 0.25). A face that still matches is re-done once by the method (FALCO:
+   identity weight x ``redo_id_factor``), then covered by the fallback (blur by default) if it
+   still matches; a face that matches even after the fallback is *unsafe*;
+2. runs detection again on the output (HOG at one more level of upsampling than the first
+   pass, optionally dlib's CNN): a face found there that overlaps no anonymized or kept face
+   is a detector miss of the first pass and is covered by the fallback.
+
+Verdicts per face: ``safe`` (the method's output passed), ``redone`` (passed after the
+re-do), ``fallback`` (covered by the fallback, no longer matches), ``unsafe`` (still matches
+after everything), ``missed`` (found only by the guard, covered by the fallback), ``kept``
+(``--keep-identity``). Modes: ``off`` (no checks), ``warn`` (checks and repairs, exit 0),
+``enforce`` (checks and repairs; exit 1 when the method failed to anonymize some face, i.e. a
+verdict ``fallback`` or ``unsafe``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from falco.errors import InputError
+from falco.faces.ffhq import AlignedFace
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "warn", "enforce")
+FAILING_VERDICTS = ("fallback", "unsafe")
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _covers(box: Sequence[float], others: Sequence[Sequence[float]], min_iou: float) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return any(_iou(box, o) >= min_iou or (o[0] <= cx <= o[2] and o[1] <= cy <= o[3]) for o in others)
+
+
+@dataclass
+class IdentityCheck:
+    """One recogniser's verdict on an (original, output) face pair."""
+
+    name: str
+    score: float
+    same: bool
+
+
+class Recognizers:
+    """The recognisers the guard uses: dlib always, ArcFace when real weights are installed."""
+
+    def __init__(self, arcface: Any | None = None) -> None:
+        from falco.evaluation.reid import DlibRecognizer
+
+        self.dlib = DlibRecognizer()
+        self.arcface = arcface
+
+    def check(self, original: np.ndarray, output: np.ndarray, face: AlignedFace, out_crop: np.ndarray | None = None
+              ) -> list[IdentityCheck]:
+        """Compare the face in ``original`` with the same place in ``output``."""
+        from falco.evaluation.reid import pair_scores, same_person
+
+        a = self.dlib.embed(original, [face.landmarks])
+        b = self.dlib.embed(output, [face.landmarks])
+        d = float(pair_scores(self.dlib, a, b)[0])
+        checks = [IdentityCheck("dlib", round(d, 4), bool(same_person(self.dlib, np.array([d]))[0]))]
+        if self.arcface is not None:
+            from falco.faces.ffhq import align_face
+
+            crop_out = out_crop if out_crop is not None else align_face(output, face.landmarks, size=256).image
+            ea = self.arcface.embed_crops([face.image])
+            eb = self.arcface.embed_crops([crop_out])
+            c = float(pair_scores(self.arcface, ea, eb)[0])
+            checks.append(IdentityCheck("arcface", round(c, 4), bool(same_person(self.arcface, np.array([c]))[0])))
+        return checks
+
+
+@dataclass
+class GuardResult:
+    """What the guard did to one photo."""
+
+    photo: np.ndarray
+    verdicts: list[dict] = field(default_factory=list)   # one per anonymized face, in order
+    missed: list[dict] = field(default_factory=list)     # faces only the guard found
+
+    @property
+    def failing(self) -> int:
+        return sum(v["verdict"] in FAILING_VERDICTS for v in self.verdicts)
+
+
+class PrivacyGuard:
+    """Check and repair output photos (see the module docstring).
+
+    Args:
+        mode: ``off``, ``warn`` or ``enforce``.
+        recognizers: The identity checkers.
+        fallback: ``(photo, face) -> photo`` covering one face (the method's ``--on-fail``).
+        detect: ``photo -> list of AlignedFace`` for the second detection pass.
+        min_iou: Overlap under which an output detection counts as a new face.
+    """
+
+    def __init__(self, mode: str, recognizers: Recognizers, fallback: Callable[[np.ndarray, AlignedFace], np.ndarray],
+                 detect: Callable[[np.ndarray], list[AlignedFace]], *, min_iou: float = 0.3) -> None:
+        if mode not in MODES:
+            raise InputError(f"--guard must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode, self.recognizers, self.fallback, self.detect, self.min_iou = mode, recognizers, fallback, detect, min_iou
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    def settings(self) -> dict:
+        return {"mode": self.mode, "dlib_threshold": self.recognizers.dlib.threshold,
+                "arcface": self.recognizers.arcface is not None, "min_iou": self.min_iou}
+
+    def _matches(self, original, output, face) -> tuple[bool, list[IdentityCheck]]:
+        checks = self.recognizers.check(original, output, face)
+        return any(c.same for c in checks), checks
+
+    def review(self, original: np.ndarray, output: np.ndarray, faces: Sequence[AlignedFace], *,
+               redo: Callable[[np.ndarray, int], np.ndarray | None] | None = None,
+               kept: Sequence[AlignedFace] = ()) -> GuardResult:
+        """Check ``output`` (made from ``original``) face by face and repair it.
+
+        Args:
+            faces: The faces the method anonymized (in the original's coordinates).
+            redo: ``(photo, i) -> photo`` re-doing face ``i`` more strongly, or None.
+            kept: Faces deliberately left as they are (not checked, not treated as missed).
+        """
+        result = GuardResult(photo=output)
+        if not self.active:
+            return result
+        photo = output
+        for i, face in enumerate(faces):
+            same, checks = self._matches(original, photo, face)
+            verdict = "safe"
+            if same and redo is not None:
+                redone = redo(photo, i)
+                if redone is not None:
+                    same, checks = self._matches(original, redone, face)
+                    photo = redone if not same else photo
+                    verdict = "redone" if not same else verdict
+            if same:
+                photo = self.fallback(photo, face)
+                same, checks = self._matches(original, photo, face)
+                verdict = "unsafe" if same else "fallback"
+            result.verdicts.append({"verdict": verdict, "identity": {c.name: c.score for c in checks}})
+        known = [f.box for f in faces] + [f.box for f in kept]
+        for extra in self.detect(photo):
+            if _covers(extra.box, known, self.min_iou):
+                continue
+            photo = self.fallback(photo, extra)
+            known.append(extra.box)
+            result.missed.append({"verdict": "missed", "box": list(extra.box), "landmarks": extra.landmarks.tolist(),
+                                  "quad": extra.quad.tolist(), "method": "guard-fallback"})
+        result.photo = photo
+        return result

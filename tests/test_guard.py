@@ -1,0 +1,153 @@
+"""The fail-closed privacy guard, provenance export and --keep-identity (fast methods, real photos)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from falco.baselines.base import Anonymizer, register_method
+from falco.cli import app
+from falco.commands.anonymize import run_anonymize
+from falco.config import AnonymizeConfig
+from falco.faces.ffhq import AlignedFace
+from falco.faces.paste import photo_mask
+from falco.imageio import load_image
+from falco.manifest import RunManifest
+from tests.conftest import shared_path
+
+
+class Unchanged(Anonymizer):
+    """A 'method' that returns every face as it was (to prove the guard catches it)."""
+
+    name = "unchanged"
+
+    def settings(self) -> dict:
+        return {"method": self.name}
+
+    def apply(self, photo, faces, results):
+        return photo.copy(), [{"method": self.name, "status": "done"} for _ in faces]
+
+
+register_method("unchanged", lambda **_: Unchanged())
+
+
+def _face(row: dict) -> AlignedFace:
+    return AlignedFace(box=tuple(row["box"]), landmarks=np.array(row["landmarks"]), quad=np.array(row["quad"]),
+                       image=np.zeros((8, 8, 3), np.uint8))
+
+
+@pytest.fixture()
+def photo_dir(tmp_path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_path("data", "faces", "2008_001322.jpg"), src / "three.jpg")
+    return src
+
+
+def test_enforce_blurs_faces_the_method_left_identifiable_and_exits_1(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["anonymize", str(photo_dir), "--out", str(out), "--method", "unchanged",
+                                   "--format", "png", "--no-progress"])
+    assert res.exit_code == 1, res.output
+    with RunManifest(out) as m:
+        faces = m.faces()
+    assert len(faces) == 3
+    real, anon = load_image(photo_dir / "three.jpg"), load_image(out / "three.png")
+    for row in faces:
+        assert row["status"] == "fallback" and row["guard"]["verdict"] == "fallback" and row["guard_failing"]
+        assert row["guard"]["identity"]["dlib"] >= 0.6  # no longer matches after the blur
+        mask = photo_mask(_face(row), real.shape) > 0
+        assert np.abs(real[mask].astype(int) - anon[mask]).mean() > 1.0
+
+
+def test_guard_off_reproduces_the_input(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["anonymize", str(photo_dir), "--out", str(out), "--method", "unchanged",
+                                   "--format", "png", "--guard", "off", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(load_image(photo_dir / "three.jpg"), load_image(out / "three.png"))
+
+
+def test_warn_repairs_but_exits_0(photo_dir, tmp_path):
+    res = CliRunner().invoke(app, ["anonymize", str(photo_dir), "--out", str(tmp_path / "out"), "--method", "unchanged",
+                                   "--format", "png", "--guard", "warn", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with RunManifest(tmp_path / "out") as m:
+        assert all(f["status"] == "fallback" and not f["guard_failing"] for f in m.faces())
+
+
+def test_a_masked_face_passes_the_guard(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run_anonymize(AnonymizeConfig(input=photo_dir, out=out, method="mask", format="png", progress=False),
+                            echo=lambda *_: None)
+    assert summary.unsafe == 0
+    with RunManifest(out) as m:
+        assert [f["guard"]["verdict"] for f in m.faces()] == ["safe"] * 3
+
+
+def test_faces_the_first_detection_missed_are_covered(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_path("data", "faces", "2008_002079.jpg"), src / "group.jpg")
+    out = tmp_path / "out"
+    # Without upsampling HOG finds 1 of the 6 faces; the guard looks again with upsampling.
+    run_anonymize(AnonymizeConfig(input=src, out=out, method="blur", format="png", upsample=0, progress=False),
+                  echo=lambda *_: None)
+    with RunManifest(out) as m:
+        faces = m.faces()
+    done = [f for f in faces if f["status"] == "done"]
+    missed = [f for f in faces if f["status"] == "missed"]
+    assert len(done) == 1 and len(missed) >= 4
+    real, anon = load_image(src / "group.jpg"), load_image(out / "group.png")
+    for row in missed:
+        mask = photo_mask(_face(row), real.shape) > 0
+        assert np.abs(real[mask].astype(int) - anon[mask]).mean() > 1.0, row["box"]
+
+
+def test_keep_identity_keeps_one_person(tmp_path):
+    clr = shared_path("data", "celeba-ids", "clr")
+    src = tmp_path / "in"
+    src.mkdir()
+    for person in range(5):
+        for name in sorted((clr / str(person)).iterdir())[:2]:
+            shutil.copy(name, src / f"p{person}_{name.name}")
+    reference = sorted((clr / "0").iterdir())[5]
+    out = tmp_path / "out"
+    summary = run_anonymize(AnonymizeConfig(input=src, out=out, method="blur", format="png",
+                                            keep_identity=(reference,), progress=False), echo=lambda *_: None)
+    assert not summary.failed
+    with RunManifest(out) as m:
+        faces = m.faces()
+    status = {f["source"]: f["status"] for f in faces}
+    assert len(status) == 10
+    for source, st in status.items():
+        assert st == ("kept" if source.startswith("p0_") else "done"), (source, st)
+        same = np.array_equal(load_image(src / source), load_image(out / Path(source).with_suffix(".png")))
+        assert same == source.startswith("p0_")
+
+
+def test_sidecar_and_coco_export(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    run_anonymize(AnonymizeConfig(input=photo_dir, out=out, method="mask", format="png", sidecar=True,
+                                  export_detections="coco", seed=7, progress=False), echo=lambda *_: None)
+    side = json.loads((out / "three.png.json").read_text())
+    assert side["method"] == "mask" and side["seed"] == 7 and len(side["faces"]) == 3
+    assert {"box", "landmarks", "guard", "status"} <= set(side["faces"][0])
+    coco = json.loads((out / "detections_coco.json").read_text())
+    assert len(coco["images"]) == 1 and len(coco["annotations"]) == 3
+    real = load_image(photo_dir / "three.jpg")
+    h, w = real.shape[:2]
+    with RunManifest(out) as m:
+        rows = m.faces()
+    for ann, row in zip(coco["annotations"], rows):
+        counts = ann["segmentation"]["counts"]
+        assert sum(counts) == h * w and ann["segmentation"]["size"] == [h, w]
+        flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)  # decode the RLE
+        decoded = flat.reshape((w, h)).T
+        assert np.array_equal(decoded, photo_mask(_face(row), real.shape) > 0)
+        assert ann["area"] == int(decoded.sum())
