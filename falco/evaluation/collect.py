@@ -1,0 +1,148 @@
+"""Analyse the photo pairs of one run: detections, paired faces, landmarks, embeddings, labels, crops.
+
+Everything per image is memoised in a :class:`~falco.evaluation.common.FeatureCache` under the
+image's content digest, so the real photos are analysed once for all runs and an anonymized
+photo identical to its real photo costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from falco.errors import ImageLoadError, InputError
+from falco.evaluation.common import FeatureCache, image_digest, landmarks_key
+from falco.evaluation.detection import DetectionCount, count_detected, get_eval_detector, match_boxes
+from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
+from falco.evaluation.tools import Tools
+from falco.faces.detect import get_detector
+from falco.faces.ffhq import align_face
+from falco.imageio import load_image
+
+__all__ = ["RunData", "collect_run"]
+
+Crop = tuple[tuple[str, bytes], "np.ndarray | None"]  # ((image digest, landmarks key), crop)
+
+
+@dataclass
+class RunData:
+    """What the metrics of one run are computed from (lists are aligned with ``faces``)."""
+
+    faces: list[FacePair] = field(default_factory=list)
+    detections: dict[str, DetectionCount] = field(default_factory=dict)
+    real_emb: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    anon_emb: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    real_labels: list[dict[str, str]] = field(default_factory=list)
+    anon_labels: list[dict[str, str]] = field(default_factory=list)
+    real_crops: list[Crop] = field(default_factory=list)
+    anon_crops: list[Crop] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _landmarks(cache: FeatureCache, digest: str, image: np.ndarray, box) -> np.ndarray:
+    box = tuple(int(v) for v in box)
+    return cache.get(("lm", digest, box), lambda: get_detector("hog").landmarks(image, box))
+
+
+def _embed(cache: FeatureCache, rec, digest: str, image: np.ndarray,
+           landmarks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    keys = [("emb", rec.name, digest, landmarks_key(lm)) for lm in landmarks]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    if todo:  # one batched call per photo for the faces not seen before
+        for i, e in zip(todo, rec.embed(image, [landmarks[i] for i in todo]), strict=True):
+            cache.put(keys[i], e)
+    return [cache.get(k, lambda: None) for k in keys]
+
+
+def _crop(cache: FeatureCache, digest: str, image: np.ndarray, landmarks: np.ndarray) -> Crop:
+    def make():
+        try:
+            return align_face(image, landmarks, 256).image
+        except InputError:  # a face too small to align
+            return None
+
+    key = (digest, landmarks_key(landmarks))
+    return key, cache.get(("crop",) + key, make)
+
+
+def _labels(cache: FeatureCache, clf, digest: str, image: np.ndarray, lms: list[np.ndarray]) -> list[dict]:
+    key = ("attr", clf.name, digest, tuple(map(landmarks_key, lms)))
+    return cache.get(key, lambda: clf.predict_faces(image, lms))
+
+
+def collect_run(tools: Tools, cache: FeatureCache, photo_pairs: Sequence[PhotoPair],
+                manifest_faces: dict[str, list[ManifestFace]] | None, *, reference_detector: str = "hog",
+                upsample: int = 1, detection_iou: float = 0.5, pair_iou: float = 0.3) -> RunData:
+    """Analyse every photo pair of a run (see :mod:`falco.evaluation.pairing` for how faces pair)."""
+    data = RunData(detections={n: DetectionCount() for n in tools.detectors},
+                   real_emb={n: [] for n in tools.recognizers}, anon_emb={n: [] for n in tools.recognizers},
+                   counts={"photos": len(photo_pairs), "photos_missing": 0, "photos_unreadable": 0})
+    ref = get_eval_detector(reference_detector, upsample)
+    for pp in photo_pairs:
+        if pp.anon is None:
+            data.counts["photos_missing"] += 1
+            data.problems.append(f"{pp.source}: no anonymized photo")
+            continue
+        try:
+            real_img, anon_img = load_image(pp.real), load_image(pp.anon)
+        except ImageLoadError as exc:
+            data.counts["photos_unreadable"] += 1
+            data.problems.append(str(exc))
+            continue
+        if real_img.shape != anon_img.shape:
+            data.counts["photos_unreadable"] += 1
+            data.problems.append(f"{pp.source}: anonymized photo is {anon_img.shape[1]}x{anon_img.shape[0]}, "
+                                 f"real is {real_img.shape[1]}x{real_img.shape[0]}")
+            continue
+        _collect_photo(data, tools, cache, ref, pp.source, real_img, anon_img, manifest_faces,
+                       detection_iou=detection_iou, pair_iou=pair_iou)
+    return data
+
+
+def _boxes(cache: FeatureCache, det, digest: str, image: np.ndarray) -> list:
+    return cache.get(("det", digest, det.spec), lambda: det.boxes(image))
+
+
+def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source: str, real_img: np.ndarray,
+                   anon_img: np.ndarray, manifest_faces, *, detection_iou: float, pair_iou: float) -> None:
+    rd, ad = image_digest(real_img), image_digest(anon_img)
+    for name, det in tools.detectors.items():
+        data.detections[name] += count_detected(_boxes(cache, det, rd, real_img), _boxes(cache, det, ad, anon_img),
+                                                detection_iou)
+    if manifest_faces is not None:
+        faces = [FacePair(source, f.face_index, f.box, f.landmarks, status=f.status)
+                 for f in manifest_faces.get(source, [])]
+    else:
+        faces = [FacePair(source, i, b, _landmarks(cache, rd, real_img, b))
+                 for i, b in enumerate(_boxes(cache, ref, rd, real_img))]
+    if not faces:
+        return
+    anon_boxes = _boxes(cache, ref, ad, anon_img)
+    matched = {i: j for i, j, _ in match_boxes([f.real_box for f in faces], anon_boxes, pair_iou)}
+    for i, face in enumerate(faces):
+        face.anon_box = anon_boxes[matched[i]] if i in matched else None
+        # an undetected face is still looked at where the real one was (worst case for privacy)
+        face.anon_landmarks = _landmarks(cache, ad, anon_img, face.anon_box or face.real_box)
+        if manifest_faces is None:
+            face.status = "paired" if face.anon_box is not None else "unmatched"
+    real_lms = [f.real_landmarks for f in faces]
+    anon_lms = [f.anon_landmarks for f in faces]
+    for name, rec in tools.recognizers.items():
+        data.real_emb[name] += _embed(cache, rec, rd, real_img, real_lms)
+        data.anon_emb[name] += _embed(cache, rec, ad, anon_img, anon_lms)
+    real_labels: list[dict[str, str]] = [{} for _ in faces]
+    anon_labels: list[dict[str, str]] = [{} for _ in faces]
+    for clf in tools.classifiers:
+        for merged, labels in ((real_labels, _labels(cache, clf, rd, real_img, real_lms)),
+                               (anon_labels, _labels(cache, clf, ad, anon_img, anon_lms))):
+            for target, lab in zip(merged, labels, strict=True):
+                target.update(lab)
+    data.real_labels += real_labels
+    data.anon_labels += anon_labels
+    # FID crops and the example grid: the same region of both photos (the real face's alignment)
+    data.real_crops += [_crop(cache, rd, real_img, lm) for lm in real_lms]
+    data.anon_crops += [_crop(cache, ad, anon_img, lm) for lm in real_lms]
+    data.faces += faces

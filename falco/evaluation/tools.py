@@ -1,0 +1,104 @@
+"""The detectors, recognisers, classifiers and Inception an evaluation uses, and why any is missing.
+
+Optional parts never fail an evaluation: each one that cannot be built leaves its reason
+under the dotted key of the metric it would have produced (``detection_rate.mtcnn``,
+``reid_rate.arcface``, ``attribute_agreement.farl-celeba``, ``fid``...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from falco.errors import FalcoError, InputError
+from falco.evaluation.common import MetricUnavailable
+from falco.evaluation.detection import get_eval_detector
+from falco.evaluation.landmarks import LandmarkAttributes
+from falco.evaluation.reid import ArcFaceRecognizer, DlibRecognizer
+
+__all__ = ["CLASSIFIERS", "RECOGNIZERS", "Tools", "build_tools"]
+
+RECOGNIZERS = ("dlib", "arcface")
+CLASSIFIERS = ("landmarks", "farl-celeba")
+
+
+@dataclass
+class Tools:
+    """Everything the metrics need, built once for all compared runs."""
+
+    detectors: dict[str, Any] = field(default_factory=dict)
+    recognizers: dict[str, Any] = field(default_factory=dict)
+    classifiers: list[Any] = field(default_factory=list)
+    inception: Any = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classifiers: Sequence[str],
+                fid: bool, upsample: int = 1, models: str | os.PathLike | None = None,
+                device: str = "cpu") -> Tools:
+    """Build what is asked for; record the reason for each optional part that is unavailable.
+
+    Raises:
+        InputError: An unknown detector, recogniser or classifier name.
+    """
+    tools = Tools()
+    for spec in detectors:
+        name = str(spec).split(":")[0].lower()
+        try:
+            tools.detectors[name] = get_eval_detector(spec, upsample, device)
+        except MetricUnavailable as exc:
+            tools.unavailable[f"detection_rate.{name}"] = str(exc)
+
+    for name in recognizers:
+        if name == "dlib":
+            tools.recognizers["dlib"] = DlibRecognizer()
+        elif name == "arcface":
+            try:
+                rec = ArcFaceRecognizer.from_models(models, device=device)
+            except FalcoError as exc:
+                reason = f"ArcFace weights not available: {exc}"
+                tools.unavailable["reid_rate.arcface"] = tools.unavailable["rank1_identification.arcface"] = reason
+                continue
+            if rec.tiny:
+                tools.notes.append("ArcFace comes from a tiny random model set: its re-identification numbers "
+                                   "are not meaningful")
+            tools.recognizers["arcface"] = rec
+        else:
+            raise InputError(f"recognizers: unknown {name!r}; choose from {', '.join(RECOGNIZERS)}")
+
+    for name in classifiers:
+        if name == "landmarks":
+            tools.classifiers.append(LandmarkAttributes())
+        elif name == "farl-celeba":
+            try:
+                tools.classifiers.append(_farl_head(models, device))
+            except FalcoError as exc:
+                reason = f"FaRL CelebA attribute head not available: {exc}"
+                tools.unavailable["attribute_agreement.farl-celeba"] = reason
+        else:
+            raise InputError(f"classifiers: unknown {name!r}; choose from {', '.join(CLASSIFIERS)}")
+
+    if not fid:
+        tools.unavailable["fid"] = tools.unavailable["kid"] = "disabled (--no-fid)"
+    else:
+        try:
+            tools.inception = _inception(models, device)
+        except FalcoError as exc:
+            tools.unavailable["fid"] = tools.unavailable["kid"] = f"FID Inception weights not available: {exc}"
+    return tools
+
+
+def _farl_head(models, device: str):
+    from falco.evaluation.farl_attributes import FaRLCelebAClassifier
+    from falco.pretrained.modelset import resolve_model
+
+    return FaRLCelebAClassifier.from_file(resolve_model("farl-celeba-attributes", models), device=device)
+
+
+def _inception(models, device: str):
+    from falco.evaluation.quality import fid_inception
+    from falco.pretrained.modelset import resolve_model
+
+    return fid_inception(resolve_model("inception-fid", models), device=device)
