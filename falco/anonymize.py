@@ -39,6 +39,7 @@ class FalcoParams:
     lambda_attr: float = 0.1
     layers: tuple[int, int] = (3, 8)
     amp: bool = False
+    loss_resolution: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.m <= 1.0:
@@ -50,6 +51,8 @@ class FalcoParams:
         start, end = self.layers
         if not 0 <= start < end:
             raise InputError(f"layers must be (start, end) with 0 <= start < end, got {self.layers}")
+        if self.loss_resolution is not None and (self.loss_resolution < 4 or self.loss_resolution & (self.loss_resolution - 1)):
+            raise InputError(f"loss_resolution must be a power of two >= 4, got {self.loss_resolution}")
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -136,7 +139,7 @@ def optimise(
     for _ in range(params.steps):
         ws = torch.cat([head, w_train, tail], dim=1)
         with _autocast(device, params.amp):
-            img = render_256(G, ws)
+            img = render_256(G, ws, max_resolution=params.loss_resolution)
             l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
             l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
         total = params.lambda_id * l_id + params.lambda_attr * l_attr

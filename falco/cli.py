@@ -134,6 +134,7 @@ def anonymize_command(
     lambda_attr: float = typer.Option(0.1, "--lambda-attr", help="Weight of the attribute loss."),
     layers: str = typer.Option("3:8", "--layers", help="Trainable W+ layers START:END (paper 3:8 = layers 3..7)."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast on CUDA."),
+    loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
     detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
@@ -157,7 +158,7 @@ def anonymize_command(
                if v is not None}
     cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, bank=bank, bank_size=bank_size, m=m,
                           steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
-                          amp=amp, batch_size=batch_size, device=device, seed=seed,
+                          amp=amp, loss_resolution=loss_resolution, batch_size=batch_size, device=device, seed=seed,
                           format=format.lower() if format else None, quality=quality, on_fail=on_fail,
                           save_crops=save_crops, detector=detector, upsample=upsample, method_options=options,
                           guard=guard, keep_identity=tuple(keep_identity or ()), sidecar=sidecar,

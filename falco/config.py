@@ -47,6 +47,7 @@ class AnonymizeConfig:
     lambda_attr: float = 0.1
     layers: tuple[int, int] = (3, 8)
     amp: bool = False
+    loss_resolution: int | None = None
     batch_size: int = 8
     device: str = "auto"
     seed: int = 0

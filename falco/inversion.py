@@ -42,13 +42,20 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def render_256(G: nn.Module, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+def render_256(G: nn.Module, ws: torch.Tensor, noise_mode: str = "const", *,
+               max_resolution: int | None = None) -> torch.Tensor:
     """Render ``ws`` and pool to 256 px (e4e's ``face_pool``) for losses and previews.
+
+    ``max_resolution`` (e.g. 256) reads the generator's RGB skip output at that resolution
+    instead of rendering at full size (faster; an approximation, see ``Generator.synthesis``).
 
     Shape:
         ws ``[B, num_ws, w_dim]`` -> ``[B, 3, 256, 256]``.
     """
-    img = G.synthesis(ws, noise_mode=noise_mode)
+    if max_resolution is None:
+        img = G.synthesis(ws, noise_mode=noise_mode)
+    else:
+        img = G.synthesis(ws, noise_mode=noise_mode, max_resolution=max_resolution)
     if img.shape[-1] != 256:
         img = F.adaptive_avg_pool2d(img, (256, 256)) if img.shape[-1] > 256 else F.interpolate(
             img, size=(256, 256), mode="bilinear", align_corners=False)

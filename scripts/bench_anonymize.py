@@ -115,13 +115,17 @@ def main() -> None:
         _, t_ref, mem = timed(lambda: reference_loop(ws_r, ws_f, x_r, G, id_encoder, farl, args.steps), device)
         ref_fps = nref / t_ref
         print(f"{res:>5} {'reference (fp32,1)':<18} {1:>5} {ref_fps:>9.3f} {1 / ref_fps:>8.2f} {1.0:>7.1f} {mem:>6.1f}")
-        variants = [("batched fp32", False)] + ([("batched bf16", True)] if args.amp and device.type == "cuda" else [])
+        variants = [("batched fp32", False, None)]
+        if args.amp and device.type == "cuda":
+            variants.append(("batched bf16", True, None))
+        if res > 256:
+            variants.append(("batched loss@256", False, 256))
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             ws_r, ws_f, x_r = codes(G, bs, device)
             flops = step_flops(ws_r, ws_f, x_r, G, id_encoder, farl) * args.steps
             base = None
-            for name, amp in variants:
-                params = FalcoParams(steps=args.steps, amp=amp)
+            for name, amp, loss_res in variants:
+                params = FalcoParams(steps=args.steps, amp=amp, loss_resolution=loss_res)
                 try:
                     res_, t, mem = timed(lambda: optimise(ws_r, ws_f, x_r, G, id_encoder, farl, params=params), device)
                 except torch.OutOfMemoryError:

@@ -94,3 +94,21 @@ def test_zero_steps_returns_the_mixed_code(nets):
     res = optimise(ws_real, ws_fake, x_real, nets["G"], nets["id_encoder"], nets["farl"], params=FalcoParams(steps=0))
     torch.testing.assert_close(res.ws, mix_codes(ws_real, ws_fake, (3, 8)))
     assert res.losses["total"].shape == (0, 2)
+
+
+def test_loss_resolution_reads_the_skip_output(nets):
+    G = nets["G"]
+    ws = G.mapping(torch.randn(2, G.z_dim))[:, None].repeat(1, G.num_ws, 1)
+    with torch.no_grad():
+        full = G.synthesis(ws)
+        assert torch.equal(G.synthesis(ws, max_resolution=G.img_resolution), full)
+        low = G.synthesis(ws, max_resolution=32)
+    assert low.shape[-1] == 32
+    pooled = torch.nn.functional.avg_pool2d(full, 2)
+    assert (low - pooled).abs().mean() < (low - pooled.flip(0)).abs().mean(), "skip output unrelated to the image"
+    with pytest.raises(InputError, match="max_resolution"):
+        G.synthesis(ws, max_resolution=48)
+    x_real, ws_real, ws_fake = _faces(nets, 2, seed=6)
+    res = optimise(ws_real, ws_fake, x_real, G, nets["id_encoder"], nets["farl"],
+                   params=FalcoParams(steps=3, loss_resolution=32))
+    assert torch.isfinite(res.ws).all() and res.losses["total"].shape == (3, 2)

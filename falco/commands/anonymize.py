@@ -111,7 +111,8 @@ def make_anonymizer(cfg: AnonymizeConfig, device: torch.device, echo):
         from falco.falco_method import load_falco
 
         params = FalcoParams(m=cfg.m, steps=cfg.steps, lr=cfg.lr, lambda_id=cfg.lambda_id,
-                             lambda_attr=cfg.lambda_attr, layers=tuple(cfg.layers), amp=cfg.amp)
+                             lambda_attr=cfg.lambda_attr, layers=tuple(cfg.layers), amp=cfg.amp,
+                             loss_resolution=cfg.loss_resolution)
         bank = open_or_build_bank(cfg, device, echo)
         return load_falco(cfg.models, bank=bank, device=device, params=params, on_fail=cfg.on_fail,
                           previews=cfg.save_crops)

@@ -310,12 +310,16 @@ class Generator(nn.Module):
             return buf.to(x.dtype)
         return torch.randn(x.shape[0], 1, *buf.shape[2:], device=x.device, dtype=x.dtype)
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const") -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", *,
+                  max_resolution: int | None = None) -> torch.Tensor:
         """Render images from per-layer codes.
 
         Args:
             ws: ``[B, num_ws, w_dim]`` (W+), or ``[B, w_dim]`` broadcast to every layer.
             noise_mode: ``'const'`` (stored noise buffers), ``'random'`` or ``'none'``.
+            max_resolution: Stop at this resolution and return the RGB skip output there
+                (an approximation of the downsampled full image that skips the costly last
+                layers; ``None`` renders at ``img_resolution``).
 
         Shape:
             ws ``[B, num_ws, w_dim]`` -> image ``[B, 3, img_resolution, img_resolution]``
@@ -327,11 +331,15 @@ class Generator(nn.Module):
             ws = ws.unsqueeze(1).expand(-1, self.num_ws, -1)
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise InputError(f"ws must have shape [B, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        if max_resolution is not None and (max_resolution < 4 or max_resolution & (max_resolution - 1)):
+            raise InputError(f"max_resolution must be a power of two >= 4, got {max_resolution}")
         x = self.input(ws.shape[0])
         x = self.conv1(x, ws[:, 0], self._noise(0, x, noise_mode))
         skip = self.to_rgb1(x, ws[:, 1])
         i = 1
         for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
+            if max_resolution is not None and skip.shape[-1] >= max_resolution:
+                break
             x = up_conv(x, ws[:, i], self._noise(i, x, noise_mode))
             x = conv(x, ws[:, i + 1], self._noise(i + 1, x, noise_mode))
             skip = to_rgb(x, ws[:, i + 2], skip)
