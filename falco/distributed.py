@@ -7,9 +7,9 @@ mode, safe for several writers on one file system). A crashed rank's inputs stay
 and are picked up by the next run. Rank 0 alone prepares shared state (stale temp files, the
 bank built on the fly) while the others wait at a barrier; nothing else is exchanged.
 
-For clusters without torchrun, any launcher that sets ``RANK`` and ``WORLD_SIZE`` (and
-``MASTER_ADDR``/``MASTER_PORT``) works: a Slurm array job sets them from
-``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT`` (see the README's recipe).
+For clusters without torchrun, any launcher that sets ``RANK`` and ``WORLD_SIZE`` works (a
+Slurm array sets them from ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, see the README):
+the tasks then run without a process group, so shared state (the bank) must exist beforehand.
 """
 
 from __future__ import annotations
@@ -59,11 +59,20 @@ def shard_items(items: Sequence[T], shard: Shard) -> list[T]:
     return list(items[shard.rank::shard.world_size])
 
 
+def launched_by_torchrun() -> bool:
+    """True under torchrun (or when ``FALCO_PROCESS_GROUP=1`` asks for a process group)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("FALCO_PROCESS_GROUP") == "1"
+
+
 def init(shard: Shard, device: torch.device) -> None:
-    """Join the process group (gloo on CPU, nccl on CUDA) when running under torchrun."""
+    """Join the process group (gloo on CPU, nccl on CUDA) when running under torchrun.
+
+    Launchers that only set ``RANK``/``WORLD_SIZE`` (a Slurm array) get no process group:
+    each task works on its shard alone, without barriers.
+    """
     import torch.distributed as dist
 
-    if shard.distributed and not dist.is_initialized():
+    if shard.distributed and launched_by_torchrun() and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 

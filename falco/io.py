@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,16 +126,24 @@ __all__ = ["InputItem", "discover_inputs", "check_output_dir", "atomic_path", "a
            "save_tensors", "load_tensors", "load_image", "save_image"]
 
 
-def remove_stale_temps(out_dir: str | Path) -> int:
+_STARTED = time.time()
+
+
+def remove_stale_temps(out_dir: str | Path, older_than: float | None = None) -> int:
     """Delete temp files (``.<name>.<random>.tmp``) a killed run left in ``out_dir``; returns how many.
 
-    Call it only while holding :func:`lock_output_dir`, so no live writer owns them.
+    Only files last written before ``older_than`` (default: when this process started) are
+    removed, so temp files that live writers (other ranks) are writing now are left alone.
     """
+    cutoff = _STARTED if older_than is None else older_than
     count = 0
     for p in Path(out_dir).rglob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            count += 1
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
+                count += 1
+        except FileNotFoundError:
+            continue
     return count
 
 

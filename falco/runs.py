@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from falco.errors import FalcoError
 from falco.faces import AlignedFace, detect_and_align
 from falco.imageio import load_image
-from falco.distributed import barrier, current_shard, finish, init, merge_summaries, shard_items
+from falco.distributed import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
+                               shard_items)
 from falco.io import InputItem, atomic_path, lock_output_dir, remove_stale_temps
 from falco.manifest import RunManifest
 
@@ -197,24 +198,23 @@ def run_in_out_dir(out: Path, items: Sequence[InputItem], device: Any,
 
     Single process: lock ``out``, remove temp files a killed run left, ``prepare()``, run
     ``body(items)``, write ``summary.json``. Under torchrun each rank does the same on its
-    shard (rank 0 alone cleans and prepares, the others wait), writes
-    ``summary.rank<R>.json``, and rank 0 merges them into ``summary.json`` at the end.
+    shard (rank 0 alone prepares while the others wait), writes ``summary.rank<R>.json``,
+    and rank 0 merges them into ``summary.json`` at the end.
     """
     shard = current_shard()
     init(shard, device)
     lock_name = ".falco.lock" if shard.rank == 0 else f".falco.rank{shard.rank}.lock"
     with lock_output_dir(out, lock_name):
-        if shard.is_main:
-            remove_stale_temps(out)
-            if prepare is not None:
-                prepare()
+        remove_stale_temps(out)
+        if shard.is_main and prepare is not None:
+            prepare()
         barrier(shard)
         summary = body(shard_items(items, shard))
         name = f"summary.rank{shard.rank}.json" if shard.distributed else "summary.json"
         with atomic_path(out / name) as tmp:
             tmp.write_text(json.dumps(summary.as_dict(), indent=2))
         barrier(shard)
-        if shard.distributed and shard.is_main:
+        if shard.distributed and shard.is_main and launched_by_torchrun():
             parts = [json.loads((out / f"summary.rank{r}.json").read_text()) for r in range(shard.world_size)]
             with atomic_path(out / "summary.json") as tmp:
                 tmp.write_text(json.dumps(merge_summaries(parts), indent=2))

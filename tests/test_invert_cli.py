@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -248,3 +249,32 @@ def test_torchrun_two_ranks_match_a_single_process(inverted, tiny_models, faces_
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["total"] == 11 and summary["faces"] == FACES_IN_SHARED_PHOTOS and summary["no_face"] == 1
+
+
+def test_slurm_style_array_tasks_share_one_output(tiny_models, faces_dir, tmp_path):
+    """RANK/WORLD_SIZE without torchrun (a Slurm array): two tasks, no process group, one manifest."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "falco", "invert", str(faces_dir), "--out", str(out), "--models", str(tiny_models),
+           "--device", "cpu", "--no-progress"]
+    procs = [subprocess.Popen(cmd, env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    with RunManifest(out) as m:
+        assert len(m.inputs()) == 11 and len(m.faces()) == FACES_IN_SHARED_PHOTOS
+        assert len(m.runs()) == 2
+    parts = [json.loads((out / f"summary.rank{r}.json").read_text()) for r in range(2)]
+    assert sorted(p["total"] for p in parts) == [5, 6]
+
+
+def test_stale_temp_files_are_removed_but_live_ones_kept(tmp_path):
+    from falco.io import remove_stale_temps
+
+    stale, live = tmp_path / ".a.png.123.tmp", tmp_path / "sub" / ".b.png.456.tmp"
+    live.parent.mkdir()
+    stale.write_text("x")
+    live.write_text("y")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temps(tmp_path, older_than=time.time() - 60) == 1
+    assert not stale.exists() and live.exists()
