@@ -151,3 +151,20 @@ def test_sidecar_and_coco_export(photo_dir, tmp_path):
         decoded = flat.reshape((w, h)).T
         assert np.array_equal(decoded, photo_mask(_face(row), real.shape) > 0)
         assert ann["area"] == int(decoded.sum())
+
+
+def test_recognizers_use_arcface_when_given(photo_dir):
+    from falco.align import detect_and_align
+    from falco.baselines.base import fallback
+    from falco.evaluation.reid import ArcFaceRecognizer
+    from falco.guard import Recognizers
+    from falco.models.arcface import tiny_arcface
+
+    photo = load_image(photo_dir / "three.jpg")
+    face = detect_and_align(photo, size=256)[0]
+    rec = Recognizers(ArcFaceRecognizer(tiny_arcface()))
+    same = {c.name: c for c in rec.check(photo, photo.copy(), face)}
+    assert set(same) == {"dlib", "arcface"}
+    assert same["dlib"].same and same["arcface"].same and same["arcface"].score > 0.999
+    blurred = {c.name: c for c in rec.check(photo, fallback(photo, face, "blur"), face)}
+    assert not blurred["dlib"].same and blurred["arcface"].score < same["arcface"].score
