@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -112,7 +113,7 @@ def main() -> None:
         G, id_encoder, farl = build(res, device)
         nref = args.reference_faces
         ws_r, ws_f, x_r = codes(G, nref, device)
-        _, t_ref, mem = timed(lambda: reference_loop(ws_r, ws_f, x_r, G, id_encoder, farl, args.steps), device)
+        _, t_ref, mem = timed(partial(reference_loop, ws_r, ws_f, x_r, G, id_encoder, farl, args.steps), device)
         ref_fps = nref / t_ref
         print(f"{res:>5} {'reference (fp32,1)':<18} {1:>5} {ref_fps:>9.3f} {1 / ref_fps:>8.2f} {1.0:>7.1f} {mem:>6.1f}")
         variants = [("batched fp32", False, None)]
@@ -127,7 +128,7 @@ def main() -> None:
             for name, amp, loss_res in variants:
                 params = FalcoParams(steps=args.steps, amp=amp, loss_resolution=loss_res)
                 try:
-                    res_, t, mem = timed(lambda: optimise(ws_r, ws_f, x_r, G, id_encoder, farl, params=params), device)
+                    res_, t, mem = timed(partial(optimise, ws_r, ws_f, x_r, G, id_encoder, farl, params=params), device)
                 except torch.OutOfMemoryError:
                     print(f"{res:>5} {name:<18} {bs:>5}  out of memory")
                     torch.cuda.empty_cache()

@@ -53,3 +53,22 @@ def _seed_everything():
 
     torch.manual_seed(0)
     yield
+
+
+def wait_for_inputs(proc, db: Path, count: int, timeout: float = 300) -> int:
+    """Poll a run manifest until ``count`` inputs are recorded (or ``proc`` ends); returns how many are."""
+    import sqlite3
+    import time
+
+    deadline, done = time.time() + timeout, 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    done = con.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+            except sqlite3.Error:
+                pass
+            if done >= count:
+                break
+        time.sleep(0.2)
+    return done

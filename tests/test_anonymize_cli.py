@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from falco.faces.paste import photo_mask
 from falco.imageio import load_image
 from falco.manifest import RunManifest
 from falco.pretrained.tiny import write_tiny_model_set
-from tests.conftest import shared_path
+from tests.conftest import shared_path, wait_for_inputs
 
 FACES = 67
 QUIET = dict(progress=False)
@@ -219,18 +218,8 @@ def test_torchrun_matches_single_process_and_resumes_after_a_killed_rank(anonymi
            "--steps", "3", "--format", "png", "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "manifest.sqlite"
-    done, deadline = 0, time.time() + 300
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as con:
-                        done = con.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
-                except sqlite3.Error:
-                    pass
-                if done >= 2:
-                    break
-            time.sleep(0.2)
+        done = wait_for_inputs(proc, db, 2)
         victim = _rank_pid(str(out), rank=1)
         assert victim is not None, "rank 1 not found"
         os.kill(victim, signal.SIGKILL)  # one rank dies; torchrun tears the job down

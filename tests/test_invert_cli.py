@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from falco.commands.invert import run_invert
 from falco.errors import InputError
 from falco.manifest import RunManifest
 from falco.pretrained.modelset import read_manifest
-from tests.conftest import shared_path
+from tests.conftest import shared_path, wait_for_inputs
 
 FACES_IN_SHARED_PHOTOS = 67
 
@@ -146,20 +145,8 @@ def test_killed_run_resumes_without_duplicates(tiny_models, faces_dir, tmp_path)
     cmd = [sys.executable, "-m", "falco", "invert", str(faces_dir), "--out", str(out), "--models", str(tiny_models),
            "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = out / "manifest.sqlite"
-    deadline = time.time() + 240
-    done = 0
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as con:
-                        done = con.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
-                except sqlite3.Error:
-                    done = 0
-                if done >= 3:
-                    break
-            time.sleep(0.2)
+        done = wait_for_inputs(proc, out / "manifest.sqlite", 3)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
