@@ -66,23 +66,30 @@ class Recognizers:
         self.dlib = DlibRecognizer()
         self.arcface = arcface
 
-    def check(self, original: np.ndarray, output: np.ndarray, face: AlignedFace, out_crop: np.ndarray | None = None
-              ) -> list[IdentityCheck]:
+    def check(self, original: np.ndarray, output: np.ndarray, face: AlignedFace) -> list[IdentityCheck]:
         """Compare the face in ``original`` with the same place in ``output``."""
+        return self.check_many(original, output, [face])[0]
+
+    def check_many(self, original: np.ndarray, output: np.ndarray, faces: Sequence[AlignedFace]
+                   ) -> list[list[IdentityCheck]]:
+        """:meth:`check` for several faces of one photo, each network called once per photo."""
         from falco.evaluation.reid import pair_scores, same_person
 
-        a = self.dlib.embed(original, [face.landmarks])
-        b = self.dlib.embed(output, [face.landmarks])
-        d = float(pair_scores(self.dlib, a, b)[0])
-        checks = [IdentityCheck("dlib", round(d, 4), bool(same_person(self.dlib, np.array([d]))[0]))]
+        if not faces:
+            return []
+        landmarks = [f.landmarks for f in faces]
+        d = pair_scores(self.dlib, self.dlib.embed(original, landmarks), self.dlib.embed(output, landmarks))
+        same = same_person(self.dlib, d)
+        checks = [[IdentityCheck("dlib", round(float(d[i]), 4), bool(same[i]))] for i in range(len(faces))]
         if self.arcface is not None:
             from falco.faces.ffhq import align_face
 
-            crop_out = out_crop if out_crop is not None else align_face(output, face.landmarks, size=256).image
-            ea = self.arcface.embed_crops([face.image])
-            eb = self.arcface.embed_crops([crop_out])
-            c = float(pair_scores(self.arcface, ea, eb)[0])
-            checks.append(IdentityCheck("arcface", round(c, 4), bool(same_person(self.arcface, np.array([c]))[0])))
+            crops = [align_face(output, f.landmarks, size=256).image for f in faces]
+            c = pair_scores(self.arcface, self.arcface.embed_crops([f.image for f in faces]),
+                            self.arcface.embed_crops(crops))
+            same = same_person(self.arcface, c)
+            for i in range(len(faces)):
+                checks[i].append(IdentityCheck("arcface", round(float(c[i]), 4), bool(same[i])))
         return checks
 
 
@@ -142,8 +149,10 @@ class PrivacyGuard:
         if not self.active:
             return result
         photo = output
+        first = self.recognizers.check_many(original, photo, faces)
         for i, face in enumerate(faces):
-            same, checks = self._matches(original, photo, face)
+            checks = first[i]
+            same = any(c.same for c in checks)
             verdict = "safe"
             if same and redo is not None:
                 redone = redo(photo, i)

@@ -203,7 +203,7 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
              "(see manifest.sqlite)")
     if cfg.export_detections == "coco":
         export_coco(manifest, cfg.out / "detections_coco.json")
-    manifest.finish_run({**summary.as_dict(), "faces": counts})
+    manifest.finish_run({**summary.as_dict(), "face_status": counts})
     manifest.close()
     return summary
 
