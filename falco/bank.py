@@ -300,7 +300,7 @@ def build_bank(
 
     out = Path(out)
     with lock_output_dir(out):
-        remove_stale_temps(out)
+        remove_stale_temps(out, older_than=time.time())  # the lock is ours: every temp file is stale
         return _build_locked(out, G, extractor, num=num, truncation=truncation, seed=seed,
                              batch_size=batch_size, chunk_size=chunk_size, device=device,
                              progress=progress, thumbnails=thumbnails, thumbnail_size=thumbnail_size,

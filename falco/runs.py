@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,8 @@ def run_in_out_dir(out: Path, items: Sequence[InputItem], device: Any,
     init(shard, device)
     lock_name = ".falco.lock" if shard.rank == 0 else f".falco.rank{shard.rank}.lock"
     with lock_output_dir(out, lock_name):
-        remove_stale_temps(out)
+        # Alone, every temp file is stale; beside other ranks, only those older than this process.
+        remove_stale_temps(out, older_than=None if shard.distributed else time.time())
         if shard.is_main and prepare is not None:
             prepare()
         barrier(shard)
