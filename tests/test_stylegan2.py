@@ -235,3 +235,26 @@ def test_nvidia_pickle_reader_refuses_unknown_callables(tmp_path):
     path.write_bytes(pickle.dumps({"G_ema": Evil()}))
     with pytest.raises(CheckpointError):
         load_generator(path)  # os.system becomes an inert placeholder: no generator in it
+
+
+def test_conv_clamp_is_read_from_nvidia_kwargs_and_clamps_every_layer(nvlabs):
+    import copy
+
+    assert load_generator(nvlabs).conv_clamp is None  # the fixture was made with conv_clamp=None
+    ckpt = copy.deepcopy({k: nvlabs[k] for k in ("G_ema_state_dict", "init_kwargs")})
+    ckpt["init_kwargs"]["synthesis_kwargs"]["conv_clamp"] = 256
+    G = load_generator(ckpt)
+    assert G.conv_clamp == 256.0 and G.init_kwargs["conv_clamp"] == 256.0
+    with torch.no_grad():  # fp32 activations stay far below 256: parity is kept
+        assert _close(G.synthesis(nvlabs["ws_plus"]), nvlabs["img_from_ws_plus"]) < ATOL
+    ckpt["init_kwargs"]["synthesis_kwargs"]["conv_clamp"] = 0.05
+    tight = load_generator(ckpt)
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(float(out.abs().max())))
+             for m in tight.modules() if m.__class__.__name__ == "FusedLeakyReLU"]
+    with torch.no_grad():
+        img = tight.synthesis(nvlabs["ws_plus"])
+    for h in hooks:
+        h.remove()
+    assert seen and max(seen) <= 0.05 + 1e-6
+    assert _close(img, nvlabs["img_from_ws_plus"]) > 1e-3

@@ -153,6 +153,21 @@ def generator_state(ckpt: Any, source: str) -> tuple[dict, torch.Tensor | None, 
     )
 
 
+def nvidia_conv_clamp(ckpt: Any) -> float | None:
+    """``synthesis_kwargs.conv_clamp`` recorded with an NVIDIA generator (None elsewhere or when unset)."""
+    if not isinstance(ckpt, Mapping):
+        return None
+    g = ckpt.get("G_ema")
+    if isinstance(g, nvidia_pickle.PersistentObject):
+        kwargs = nvidia_pickle.init_kwargs(g)
+    elif isinstance(ckpt.get("init_kwargs"), Mapping):
+        kwargs = dict(ckpt["init_kwargs"])
+    else:
+        return None
+    clamp = dict(kwargs.get("synthesis_kwargs") or {}).get("conv_clamp")
+    return None if clamp is None else float(clamp)
+
+
 def load_generator(source: Source, *, device: str | torch.device = "cpu") -> Generator:
     """Load a StyleGAN2 generator from a file or an in-memory checkpoint.
 
@@ -172,7 +187,7 @@ def load_generator(source: Source, *, device: str | torch.device = "cpu") -> Gen
     name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
     ckpt = _read_checkpoint(Path(source)) if isinstance(source, (str, Path)) else source
     state, w_avg, layout = generator_state(ckpt, name)
-    G = Generator(**_infer_kwargs(state, name))
+    G = Generator(**_infer_kwargs(state, name), conv_clamp=nvidia_conv_clamp(ckpt))
     expected = G.state_dict()
     expected.pop("w_avg")
     missing = sorted(set(expected) - set(state))

@@ -156,14 +156,15 @@ class NoiseInjection(nn.Module):
 
 
 class FusedLeakyReLU(nn.Module):
-    """Bias + leaky ReLU (0.2) + gain sqrt(2) (key ``bias``)."""
+    """Bias + leaky ReLU (0.2) + gain sqrt(2) (key ``bias``), clamped to +-``clamp`` if given."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, clamp: float | None = None) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.clamp = clamp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return stylegan2_ops.bias_act(x, self.bias, act="lrelu")
+        return stylegan2_ops.bias_act(x, self.bias, act="lrelu", clamp=self.clamp)
 
 
 class ConstantInput(nn.Module):
@@ -181,12 +182,13 @@ class StyledConv(nn.Module):
     """Modulated conv, noise, bias and activation: one synthesis layer."""
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, *,
-                 upsample: bool = False, blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+                 upsample: bool = False, blur_kernel: Sequence[float] = BLUR_KERNEL,
+                 conv_clamp: float | None = None) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
                                     upsample=upsample, blur_kernel=blur_kernel)
         self.noise = NoiseInjection()
-        self.activate = FusedLeakyReLU(out_channel)
+        self.activate = FusedLeakyReLU(out_channel, clamp=conv_clamp)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         return self.activate(self.noise(self.conv(x, style), noise))
@@ -196,15 +198,19 @@ class ToRGB(nn.Module):
     """1x1 modulated conv to RGB (not demodulated) plus the upsampled skip."""
 
     def __init__(self, in_channel: int, style_dim: int, *, upsample: bool = True,
-                 blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+                 blur_kernel: Sequence[float] = BLUR_KERNEL, conv_clamp: float | None = None) -> None:
         super().__init__()
         if upsample:
             self.upsample = Upsample(blur_kernel)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, style) + self.bias
+        if self.conv_clamp is None:
+            out = self.conv(x, style) + self.bias
+        else:  # NVIDIA's ToRGBLayer: bias_act(x, b, clamp=conv_clamp), before the skip is added
+            out = stylegan2_ops.bias_act(self.conv(x, style), self.bias.view(3), clamp=self.conv_clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -221,11 +227,15 @@ class Generator(nn.Module):
             table at ``channel_multiplier``.
         channel_multiplier: Used only when ``channels`` is None.
         lr_mlp: Learning-rate multiplier of the mapping network.
+        conv_clamp: Clamp every synthesis layer's output to +-``conv_clamp`` as NVIDIA's
+            stylegan2-ada does (``ffhq.pkl`` uses 256; keeps fp16/bf16 in range). None: no clamp
+            (rosinality, the original StyleGAN2).
     """
 
     def __init__(self, img_resolution: int = 1024, w_dim: int = 512, num_mapping_layers: int = 8, *,
                  channels: dict[int, int] | None = None, channel_multiplier: int = 2,
-                 lr_mlp: float = 0.01, blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+                 lr_mlp: float = 0.01, blur_kernel: Sequence[float] = BLUR_KERNEL,
+                 conv_clamp: float | None = None) -> None:
         super().__init__()
         log_size = int(math.log2(img_resolution))
         if img_resolution < 8 or 2**log_size != img_resolution:
@@ -239,6 +249,7 @@ class Generator(nn.Module):
         self.num_mapping_layers = num_mapping_layers
         self.channels = {res: int(channels[res]) for res in sorted(channels) if res <= img_resolution}
         self.lr_mlp = lr_mlp
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         self.num_ws = log_size * 2 - 2
         self.log_size = log_size
 
@@ -246,8 +257,10 @@ class Generator(nn.Module):
             EqualLinear(w_dim, w_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(num_mapping_layers)
         ])
         self.input = ConstantInput(self.channels[4])
-        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, w_dim, blur_kernel=blur_kernel)
-        self.to_rgb1 = ToRGB(self.channels[4], w_dim, upsample=False)
+        clamp = self.conv_clamp
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, w_dim, blur_kernel=blur_kernel,
+                                conv_clamp=clamp)
+        self.to_rgb1 = ToRGB(self.channels[4], w_dim, upsample=False, conv_clamp=clamp)
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
         self.noises = nn.Module()
@@ -257,9 +270,11 @@ class Generator(nn.Module):
         in_channel = self.channels[4]
         for i in range(3, log_size + 1):
             out_channel = self.channels[2**i]
-            self.convs.append(StyledConv(in_channel, out_channel, 3, w_dim, upsample=True, blur_kernel=blur_kernel))
-            self.convs.append(StyledConv(out_channel, out_channel, 3, w_dim, blur_kernel=blur_kernel))
-            self.to_rgbs.append(ToRGB(out_channel, w_dim))
+            self.convs.append(StyledConv(in_channel, out_channel, 3, w_dim, upsample=True, blur_kernel=blur_kernel,
+                                         conv_clamp=clamp))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, w_dim, blur_kernel=blur_kernel,
+                                         conv_clamp=clamp))
+            self.to_rgbs.append(ToRGB(out_channel, w_dim, conv_clamp=clamp))
             in_channel = out_channel
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
@@ -269,7 +284,7 @@ class Generator(nn.Module):
         """Constructor arguments that rebuild this architecture."""
         return dict(img_resolution=self.img_resolution, w_dim=self.w_dim,
                     num_mapping_layers=self.num_mapping_layers, channels=dict(self.channels),
-                    lr_mlp=self.lr_mlp)
+                    lr_mlp=self.lr_mlp, conv_clamp=self.conv_clamp)
 
     # -- mapping ---------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
