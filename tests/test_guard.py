@@ -168,3 +168,81 @@ def test_recognizers_use_arcface_when_given(photo_dir):
     assert same["dlib"].same and same["arcface"].same and same["arcface"].score > 0.999
     blurred = {c.name: c for c in rec.check(photo, fallback(photo, face, "blur"), face)}
     assert not blurred["dlib"].same and blurred["arcface"].score < same["arcface"].score
+
+
+class _ScriptedRecognizers:
+    """Says 'same person' while the face region still holds the original pixels."""
+
+    class _Dlib:
+        threshold = 0.6
+
+    dlib = _Dlib()
+    arcface = None
+
+    def check_many(self, original, output, faces):
+        from falco.guard import IdentityCheck
+
+        out = []
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            same = np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1])
+            out.append([IdentityCheck("dlib", 0.0 if same else 1.0, same)])
+        return out
+
+    def check(self, original, output, face):
+        return self.check_many(original, output, [face])[0]
+
+
+def test_review_redoes_then_falls_back(photo_dir):
+    from falco.align import detect_and_align
+    from falco.baselines.base import fallback
+    from falco.guard import PrivacyGuard
+
+    photo = load_image(photo_dir / "three.jpg")
+    faces = detect_and_align(photo, size=64)
+    guard = PrivacyGuard("enforce", _ScriptedRecognizers(), lambda img, f: fallback(img, f, "mask"), lambda img: [])
+
+    def redo(img, i):  # re-doing works for face 0 only
+        if i != 0:
+            return None
+        out = img.copy()
+        x0, y0, x1, y1 = faces[0].box
+        out[y0:y1, x0:x1] = 0
+        return out
+
+    result = guard.review(photo, photo.copy(), faces, redo=redo)
+    assert [v["verdict"] for v in result.verdicts] == ["redone", "fallback", "fallback"]
+    assert result.failing == 2
+    assert not np.array_equal(result.photo, photo)
+
+
+def test_falco_redo_uses_a_stronger_identity_weight(tmp_path, monkeypatch):
+    import torch
+
+    import falco.falco_method as fm
+    from falco.align import detect_and_align
+    from falco.anonymize import FalcoParams
+    from falco.bank import Bank, build_bank
+    from falco.features import load_extractor
+    from falco.models.zoo import load_role
+    from falco.pretrained.tiny import write_tiny_model_set
+
+    models = tmp_path / "m"
+    write_tiny_model_set(models)
+    build_bank(tmp_path / "bank", load_role("generator", models), load_extractor("farl", models), num=32,
+               progress=False)
+    anon = fm.load_falco(models, bank=Bank.open(tmp_path / "bank"), device=torch.device("cpu"),
+                      params=FalcoParams(steps=2))
+    photo = load_image(shared_path("data", "faces", "2008_001322.jpg"))
+    face = detect_and_align(photo, size=256)[0]
+    seen = []
+    real_optimise = fm.optimise
+
+    def spy(*args, params, **kwargs):
+        seen.append(params.lambda_id)
+        return real_optimise(*args, params=params, **kwargs)
+
+    monkeypatch.setattr(fm, "optimise", spy)
+    out = anon.redo(photo, face)
+    assert seen == [30.0] and anon.params.lambda_id == 10.0
+    assert out is not None and not np.array_equal(out, photo)
