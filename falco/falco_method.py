@@ -161,8 +161,7 @@ def load_falco(models: str | os.PathLike | None, *, bank: Any, device: torch.dev
 
     G = load_role("generator", models, device)
     E, latent_avg = load_role("encoder", models, device)
-    extractor = load_extractor(bank.manifest.get("features", {}).get("name", "farl") if isinstance(
-        bank.manifest.get("features"), dict) else bank.manifest.get("features", "farl"), models, device)
+    extractor = load_extractor(bank.manifest["features"]["name"], models, device)  # the bank's own extractor
     return FalcoAnonymizer(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", models, device),
                            farl=load_role("attributes", models, device), bank=bank, extractor=extractor,
                            params=params, on_fail=on_fail, previews=previews, device=device)
