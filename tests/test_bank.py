@@ -177,7 +177,7 @@ def test_killed_build_resumes_to_the_same_bank(tmp_path, ref, models, G, ex):
     out = tmp_path / "bank"
     script = textwrap.dedent(f"""
         import os, signal
-        import falco.bank as B
+        import falco.bank.build as B
         from falco.features import load_extractor
         from falco.io import atomic_path
         from falco.models.zoo import load_role

@@ -1,43 +1,7 @@
-"""The fake bank: generated faces' w codes and features, with a FAISS index for pairing.
-
-FALCO starts each optimisation from the fake whose features are nearest the real face's
-(paper: 60,000 fakes at truncation 0.7, FaRL features, cosine). :func:`build_bank` samples
-z with a recorded seed, maps it to w (truncated toward ``w_avg``), renders, embeds, and
-writes a bank directory; :class:`Bank` opens it, searches it and pairs real faces with fakes.
-
-What a fake's features are computed from: ``render_256(G, w)`` (the generator's image pooled
-to 256 px, noise 'const'), quantised to uint8 (:func:`falco.features.quantize_uint8`), then
-the extractor, i.e. exactly what :func:`falco.features.embed_faces` computes for a 256-px
-aligned real crop. :func:`render_fakes` renders bank entries the same way.
-
-Bank directory::
-
-    manifest.json                 written last: a bank without it is unfinished
-    build.json                    the build's settings, written first (for resuming)
-    chunks/chunk_NNNNN.safetensors  ``ws`` [n, w_dim] float32, ``features`` [n, dim] float32
-    thumbs/chunk_NNNNN.png        contact sheet of the chunk's fakes (``thumbnail_size`` px each,
-                                  row-major, ``thumbnail_cols`` per row); see :meth:`Bank.thumbnail`
-    index.faiss                   FeatureIndex over the features (cosine)
-
-Reproducibility and resuming. Fakes are made in chunks of ``chunk_size``; chunk ``c`` draws
-``chunk_size`` z vectors on the CPU from a generator seeded with ``SeedSequence([seed, c])``
-and keeps the first ones it needs, so fake ``i``'s z depends only on (seed, chunk_size, i),
-not on ``num``, the batch size or the device. Each chunk file (and its contact sheet, written
-before it) is written atomically; a killed build re-run with the same settings keeps the
-finished chunks and makes the rest, and the result equals an uninterrupted build bit for bit
-(same device and batch size; the batch size and device of each chunk are recorded in its
-metadata). The index and ``manifest.json`` are written after the last chunk.
-
-Compatibility. The manifest records the generator's weight fingerprint (sha256 of its state
-dict, :func:`generator_fingerprint`; the model file's sha256 too when the caller passes it)
-and the extractor's name, width and fingerprint; :meth:`Bank.check_compatible` refuses a
-generator or extractor that differs, since a bank's w codes only mean something to the
-generator that made them and its features only to the extractor that made them.
-"""
+"""Building a fake bank: sample z per chunk, map, render, embed, write chunks, index, manifest."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import math
@@ -51,48 +15,36 @@ from typing import Any
 import numpy as np
 import torch
 
+from falco.bank.layout import (
+    _IGNORED,
+    _META_KEY,
+    BUILD_NAME,
+    CHUNK_DIR,
+    FORMAT,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    NOISE_MODE,
+    PIPELINE,
+    THUMB_DIR,
+    _check_int,
+    _chunk_meta,
+    _chunk_name,
+    _now,
+    _publish,
+    _read_json,
+    _write_json,
+    _write_png,
+)
 from falco.errors import InputError
 from falco.features import extractor_fingerprint, module_fingerprint, quantize_uint8
 from falco.io import (
-    atomic_path,
-    atomic_write_bytes,
-    load_tensors,
     lock_output_dir,
     remove_stale_temps,
     save_tensors,
 )
 from falco.search import (
     FeatureIndex,
-    as_features,
-    check_metric,
-    exact_search,
-    pair_without_reuse,
 )
-
-__all__ = [
-    "FORMAT",
-    "Bank",
-    "bank_status",
-    "build_bank",
-    "chunk_z",
-    "exact_search",
-    "generator_fingerprint",
-    "render_fakes",
-]
-
-FORMAT = "falco-bank-1"
-MANIFEST_NAME = "manifest.json"
-BUILD_NAME = "build.json"
-INDEX_NAME = "index.faiss"
-CHUNK_DIR = "chunks"
-THUMB_DIR = "thumbs"
-NOISE_MODE = "const"
-PIPELINE = "w = mapping(z, psi); x = render_256(G, w, noise 'const'); uint8; features = extractor(x)"
-_IGNORED = {".falco.lock"}
-_META_KEY = "falco_bank_chunk"
-
-
-# ----------------------------------------------------------------------------- pieces
 
 
 def generator_fingerprint(G: torch.nn.Module) -> str:
@@ -151,75 +103,6 @@ def _sheet(tiles: np.ndarray, cols: int) -> np.ndarray:
         r, c = divmod(i, cols)
         sheet[r * s:(r + 1) * s, c * s:(c + 1) * s] = tiles[i]
     return sheet
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-    _publish(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def _publish(path: Path) -> None:
-    """Give a file written through a private temp file (mode 0600) the usual mode (0666 & ~umask)."""
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-
-
-def _chunk_name(c: int) -> str:
-    return f"chunk_{c:05d}"
-
-
-def _write_json(path: Path, data: Mapping) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
-    _publish(path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
-
-
-def _chunk_meta(path: Path) -> dict | None:
-    """A chunk file's metadata, or None if it is missing or unreadable."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[_META_KEY])
-        return meta if isinstance(meta, dict) else None
-    except Exception:  # noqa: BLE001 - any unreadable chunk (SafetensorError, no metadata, bad JSON) is redone
-        return None
-
-
-# ----------------------------------------------------------------------------- building
-
-
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
-        high is not None and value > high
-    ):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InputError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -498,237 +381,8 @@ def _write_chunk(path: Path, ws: torch.Tensor, features: torch.Tensor, metadata:
     """
     save_tensors(path, {"ws": ws, "features": features},
                  metadata={_META_KEY: json.dumps(metadata, sort_keys=True)})
-    _publish(path)
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def bank_status(path: str | os.PathLike) -> dict:
-    """What a bank directory holds, without loading it.
-
-    Returns:
-        ``{"state": "complete" | "unfinished" | "absent" | "not a bank", "count", "chunks_done",
-        "chunks_total", "manifest" | "build"}``.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return {"state": "absent"}
-    if (path / MANIFEST_NAME).is_file():
-        m = _read_json(path / MANIFEST_NAME)
-        return {"state": "complete", "count": m.get("count"), "chunks_done": len(m.get("chunks", [])),
-                "chunks_total": len(m.get("chunks", [])), "manifest": m}
-    if (path / BUILD_NAME).is_file():
-        b = _read_json(path / BUILD_NAME)
-        num, size, key = int(b.get("num", 0)), int(b.get("settings", {}).get("chunk_size", 1)), b.get("key")
-        total = math.ceil(num / size) if num else 0
-        done = sum(1 for c in range(total)
-                   if (_chunk_meta(path / CHUNK_DIR / f"{_chunk_name(c)}.safetensors") or {}).get("key") == key)
-        return {"state": "unfinished", "count": num, "chunks_done": done, "chunks_total": total, "build": b}
-    return {"state": "not a bank"}
-
-
-class Bank:
-    """A finished fake bank (open with :meth:`open`).
-
-    Attributes:
-        path: the bank directory.
-        manifest: its ``manifest.json`` (generator and extractor identity, truncation, seed,
-            count, w_dim, num_ws, index, chunks...).
-
-    ``ws``, ``features`` and ``index`` load on first use.
-    """
-
-    def __init__(self, path: Path, manifest: dict) -> None:
-        self.path = Path(path)
-        self.manifest = manifest
-        self._ws: torch.Tensor | None = None
-        self._features: np.ndarray | None = None
-        self._index: FeatureIndex | None = None
-        self._sheet: tuple[int, np.ndarray] | None = None
-
-    # -- opening
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> Bank:
-        """Open a finished bank.
-
-        Raises:
-            InputError: no such folder, not a bank, an unfinished bank (re-run the build), a
-                format this falco does not read, or missing chunk files.
-        """
-        path = Path(path)
-        st = bank_status(path)
-        if st["state"] == "absent":
-            raise InputError(f"bank {str(path)!r} does not exist")
-        if st["state"] == "not a bank":
-            raise InputError(f"{str(path)!r} is not a fake bank (no {MANIFEST_NAME}); build one with "
-                             f"`falco bank build --out {path} --num N`")
-        if st["state"] == "unfinished":
-            raise InputError(f"bank {str(path)!r} is unfinished ({st['chunks_done']} of {st['chunks_total']} chunks "
-                             f"written): re-run the same `falco bank build --out {path} ...` to finish it")
-        m = st["manifest"]
-        if m.get("format") != FORMAT:
-            raise InputError(f"bank {str(path)!r}: format {m.get('format')!r}, expected {FORMAT!r}")
-        missing = [c["file"] for c in m["chunks"] if not (path / c["file"]).is_file()]
-        if not (path / m["index"]["file"]).is_file():
-            missing.append(m["index"]["file"])
-        if missing:
-            raise InputError(f"bank {str(path)!r} is damaged: missing {', '.join(missing[:5])}; rebuild it")
-        return cls(path, m)
-
-    # -- contents
-    def __len__(self) -> int:
-        return int(self.manifest["count"])
-
-    def __repr__(self) -> str:
-        m = self.manifest
-        return (f"Bank({str(self.path)!r}, count={len(self)}, features={m['features']['name']!r} "
-                f"dim {m['features']['dim']}, truncation={m['truncation']}, seed={m['seed']}, "
-                f"index={m['index']['kind']!r})")
-
-    @property
-    def w_dim(self) -> int:
-        return int(self.manifest["w_dim"])
-
-    @property
-    def num_ws(self) -> int:
-        return int(self.manifest["num_ws"])
-
-    @property
-    def dim(self) -> int:
-        """Feature width."""
-        return int(self.manifest["features"]["dim"])
-
-    def _load(self) -> None:
-        ws, feats = [], []
-        for c in self.manifest["chunks"]:
-            t = load_tensors(self.path / c["file"])
-            if t["ws"].shape[0] != c["count"] or t["features"].shape[0] != c["count"]:
-                raise InputError(f"bank {str(self.path)!r}: {c['file']} holds {t['ws'].shape[0]} fakes, "
-                                 f"the manifest says {c['count']}; rebuild the bank")
-            ws.append(t["ws"])
-            feats.append(t["features"].numpy())
-        self._ws = torch.cat(ws)
-        self._features = np.ascontiguousarray(np.concatenate(feats))
-
-    @property
-    def ws(self) -> torch.Tensor:
-        """The fakes' w codes (not W+). Shape: ``[N, w_dim]`` float32 (CPU)."""
-        if self._ws is None:
-            self._load()
-        return self._ws
-
-    @property
-    def features(self) -> np.ndarray:
-        """The fakes' features, L2-normalised. Shape: ``[N, dim]`` float32."""
-        if self._features is None:
-            self._load()
-        return self._features
-
-    @property
-    def index(self) -> FeatureIndex:
-        """The FAISS index (exact below 50,000 fakes by default; see the manifest's ``index``)."""
-        if self._index is None:
-            self._index = FeatureIndex.load(self.path / self.manifest["index"]["file"])
-        return self._index
-
-    def w_plus(self, indices: Any) -> torch.Tensor:
-        """W+ codes of bank entries (w repeated over the layers).
-
-        Shape:
-            indices ``[Q]`` -> ``[Q, num_ws, w_dim]``.
-        """
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
-            raise InputError(f"indices: expected values in [0, {len(self)}), got {idx.min().item()}..{idx.max().item()}")
-        return self.ws[idx][:, None].repeat(1, self.num_ws, 1)
-
-    def thumbnail(self, i: int) -> np.ndarray:
-        """Fake ``i``'s thumbnail, cut from its chunk's contact sheet.
-
-        Shape:
-            returns ``[size, size, 3]`` uint8.
-        """
-        from PIL import Image
-
-        th = self.manifest.get("thumbnails")
-        if not th:
-            raise InputError(f"bank {str(self.path)!r} was built without thumbnails")
-        i = _check_int(i, "i", 0, len(self) - 1)
-        c, j = divmod(i, int(self.manifest["chunk_size"]))
-        if self._sheet is None or self._sheet[0] != c:
-            with Image.open(self.path / self.manifest["chunks"][c]["thumbnails"]) as im:
-                self._sheet = (c, np.asarray(im.convert("RGB")))
-        s, cols = int(th["size"]), int(th["cols"])
-        r, k = divmod(j, cols)
-        return self._sheet[1][r * s:(r + 1) * s, k * s:(k + 1) * s].copy()
-
-    # -- search
-    def search(self, features: Any, k: int = 1, metric: str = "cosine", *,
-               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest fakes of each query.
-
-        Cosine searches use the bank's index (exact unless the manifest's index kind is
-        'ivf'/'hnsw'; ``exact=True`` forces brute force); 'l2' is always exact.
-
-        Shape:
-            features ``[Q, dim]`` -> indices int64 ``[Q, k]``, distances float32 ``[Q, k]``.
-        """
-        metric = check_metric(metric)
-        q = as_features(features, "features", dim=self.dim)
-        if metric == "cosine" and not exact:
-            idx, dist = self.index.search(q, k)
-            short = (idx < 0).any(axis=1)  # an approximate index found fewer than k: search exactly
-            if short.any():
-                idx[short], dist[short] = exact_search(self.features, q[short], k=k, metric=metric)
-            return idx, dist
-        return exact_search(self.features, q, k=k, metric=metric)
-
-    def pair(self, features: Any, *, reuse: bool = True, k: int = 8) -> np.ndarray:
-        """One bank index per query (cosine): the nearest fake, or with ``reuse=False`` a
-        different fake for every query (global greedy, :func:`falco.search.pair_without_reuse`;
-        needs Q <= N; ``k`` is its initial candidate list length).
-
-        Shape:
-            features ``[Q, dim]`` -> ``[Q]`` int64.
-        """
-        q = as_features(features, "features", dim=self.dim)
-        if reuse:
-            return self.search(q, k=1)[0][:, 0]
-        return pair_without_reuse(self.index, q, k=min(int(k), len(self)))
-
-    # -- checks
-    def check_compatible(self, G: torch.nn.Module | None = None, extractor: Any = None) -> None:
-        """Refuse a generator or extractor other than the ones this bank was built with.
-
-        Either may be None (not checked).
-
-        Raises:
-            InputError: naming what differs (w_dim, num_ws, weights; extractor name, width,
-                weights).
-        """
-        m, where = self.manifest, f"bank {str(self.path)!r}"
-        if G is not None:
-            g = m["generator"]
-            if int(G.w_dim) != self.w_dim or int(G.num_ws) != self.num_ws:
-                raise InputError(f"generator: {where} was built with a generator of w_dim {self.w_dim} and "
-                                 f"{self.num_ws} ws, got w_dim {G.w_dim} and {G.num_ws} ws")
-            if generator_fingerprint(G) != g["fingerprint"]:
-                made = g.get("name") or "another generator"
-                sha = f" (file sha256 {g['sha256'][:12]}...)" if g.get("sha256") else ""
-                raise InputError(f"generator: {where} was built with {made}{sha}; this generator's weights "
-                                 "differ, so the bank's w codes do not render the same faces: rebuild the bank")
-        if extractor is not None:
-            f = m["features"]
-            if str(extractor.name) != f["name"] or int(extractor.dim) != int(f["dim"]):
-                raise InputError(f"extractor: {where} holds {f['name']!r} features of width {f['dim']}, "
-                                 f"got {extractor.name!r} of width {extractor.dim}")
-            fp = extractor_fingerprint(extractor)
-            if fp is not None and f.get("fingerprint") and fp != f["fingerprint"]:
-                raise InputError(f"extractor: {where} was embedded by another {f['name']!r} network "
-                                 f"(weights {f.get('source') or 'unknown'}); features would not be comparable")
-
-    def verify(self) -> list[str]:
-        """Re-hash every chunk file against the manifest; returns the files that differ."""
-        return [c["file"] for c in self.manifest["chunks"]
-                if hashlib.sha256((self.path / c["file"]).read_bytes()).hexdigest() != c["sha256"]]
