@@ -162,6 +162,8 @@ def load_falco(models: str | os.PathLike | None, *, bank: Any, device: torch.dev
     G = load_role("generator", models, device)
     E, latent_avg = load_role("encoder", models, device)
     extractor = load_extractor(bank.manifest["features"]["name"], models, device)  # the bank's own extractor
+    # Pairing in FaRL space (the default) uses the attribute loss's network: load it once.
+    farl = extractor.net if extractor.name == "farl" else load_role("attributes", models, device)
     return FalcoAnonymizer(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", models, device),
-                           farl=load_role("attributes", models, device), bank=bank, extractor=extractor,
+                           farl=farl, bank=bank, extractor=extractor,
                            params=params, on_fail=on_fail, previews=previews, device=device)
