@@ -265,3 +265,14 @@ def test_stale_temp_files_are_removed_but_live_ones_kept(tmp_path):
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     assert remove_stale_temps(tmp_path, older_than=time.time() - 60) == 1
     assert not stale.exists() and live.exists()
+
+
+def test_invert_with_refinement(inverted, tiny_models, faces_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run_invert(InvertConfig(input=faces_dir / "2008_001322.jpg", out=out, models=tiny_models, device="cpu",
+                                      refine_steps=3, progress=False), echo=lambda *_: None)
+    assert summary.done == 1
+    refined = load_file(str(out / "codes" / "2008_001322.jpg.safetensors"))["ws"]
+    plain = load_file(str(inverted / "codes" / "2008_001322.jpg.safetensors"))["ws"]
+    assert refined.shape == plain.shape and not np.allclose(refined, plain)
+    assert np.abs(refined - plain).max() < 1.0  # a few small steps from the e4e code

@@ -18,9 +18,10 @@ import torch
 from falco import __version__
 from falco.config import InvertConfig, as_dict
 from falco.distributed import local_device
-from falco.io import check_output_dir, discover_inputs, save_tensors
+from falco.errors import InputError, ModelNotFoundError
 from falco.imageio import save_image
 from falco.inversion import invert, to_tensor
+from falco.io import check_output_dir, discover_inputs, save_tensors
 from falco.manifest import RunManifest
 from falco.models.zoo import load_role, resolve_device, tiny_notice
 from falco.runs import FaceRun, Photo, RunSummary, face_row, run_in_out_dir
@@ -43,8 +44,15 @@ def _run_invert(cfg: InvertConfig, items, device, echo) -> RunSummary:
     torch.manual_seed(cfg.seed)
     E, latent_avg = load_role("encoder", cfg.models, device)
     G = load_role("generator", cfg.models, device) if cfg.refine_steps else None
-    if G is not None and G.num_ws != E.n_styles:
-        echo(f"warning: generator has {G.num_ws} W+ layers but the encoder predicts {E.n_styles}")
+    id_encoder = None
+    if G is not None:
+        if G.num_ws != E.n_styles:
+            raise InputError(f"the generator has {G.num_ws} W+ layers but the encoder predicts {E.n_styles}: "
+                             "they do not belong together")
+        try:  # refinement adds the ArcFace identity term when that network is installed
+            id_encoder = load_role("identity", cfg.models, device)
+        except ModelNotFoundError:
+            echo("warning: ArcFace is not installed: refinement uses the pixel loss only")
 
     manifest = RunManifest(cfg.out)
     manifest.start_run("invert", as_dict(cfg), env={"falco": __version__, "torch": torch.__version__,
@@ -52,7 +60,8 @@ def _run_invert(cfg: InvertConfig, items, device, echo) -> RunSummary:
 
     def process(faces):
         x = to_tensor(np.stack([f.image for f in faces]), size=256, device=device)
-        ws = invert(x, E, G, latent_avg=latent_avg, refine_steps=cfg.refine_steps, batch_size=cfg.batch_size)
+        ws = invert(x, E, G, latent_avg=latent_avg, refine_steps=cfg.refine_steps, id_encoder=id_encoder,
+                    batch_size=cfg.batch_size)
         return list(ws.cpu())
 
     def finish(photo: Photo, ws_list):
