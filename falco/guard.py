@@ -5,8 +5,10 @@ After an anonymizer has handled a photo, the guard
 1. checks each anonymized face against its original with dlib's face-recognition ResNet
    (same person when the 128-d distance is below 0.6) and, when its weights are real, ArcFace
    (cosine at least 0.25). A face that still matches is re-done once by the method (FALCO:
-   identity weight x ``redo_id_factor``), then covered by the fallback (blur by default) if it
-   still matches; a face that matches even after the fallback is *unsafe*;
+   identity weight x 3), then covered by the fallback (blur by default) if it still matches,
+   and by a solid mask if even that matches (no pixel of the region is left; a recogniser that
+   still matches then sees only the surroundings, typical of a false detection); without a
+   mask to fall back on, a face that still matches is *unsafe*;
 2. runs detection again on the output (HOG at one more level of upsampling than the first
    pass, optionally dlib's CNN): a face found there that overlaps no anonymized or kept face
    is a detector miss of the first pass and is covered by the fallback.
@@ -114,14 +116,18 @@ class PrivacyGuard:
         recognizers: The identity checkers.
         fallback: ``(photo, face) -> photo`` covering one face (the method's ``--on-fail``).
         detect: ``photo -> list of AlignedFace`` for the second detection pass.
+        last_resort: ``(photo, face) -> photo`` for a face the fallback did not hide (a solid mask).
         min_iou: Overlap under which an output detection counts as a new face.
     """
 
     def __init__(self, mode: str, recognizers: Recognizers, fallback: Callable[[np.ndarray, AlignedFace], np.ndarray],
-                 detect: Callable[[np.ndarray], list[AlignedFace]], *, min_iou: float = 0.3) -> None:
+                 detect: Callable[[np.ndarray], list[AlignedFace]], *,
+                 last_resort: Callable[[np.ndarray, AlignedFace], np.ndarray] | None = None,
+                 min_iou: float = 0.3) -> None:
         if mode not in MODES:
             raise InputError(f"--guard must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.recognizers, self.fallback, self.detect, self.min_iou = mode, recognizers, fallback, detect, min_iou
+        self.last_resort = last_resort
 
     @property
     def active(self) -> bool:
@@ -160,11 +166,23 @@ class PrivacyGuard:
                     same, checks = self._matches(original, redone, face)
                     photo = redone if not same else photo
                     verdict = "redone" if not same else verdict
-            if same:
-                photo = self.fallback(photo, face)
+            covered_by = None
+            for name, cover in (("fallback", self.fallback), ("last_resort", self.last_resort)):
+                if not same or cover is None:
+                    continue
+                photo = cover(photo, face)
                 same, checks = self._matches(original, photo, face)
+                covered_by = name
+            if covered_by == "last_resort":
+                # No pixel of the region is left: a remaining "match" comes from the surroundings
+                # the recogniser's chip also sees (typical of a false detection), not from the face.
+                verdict = "fallback"
+            elif covered_by is not None:
                 verdict = "unsafe" if same else "fallback"
-            result.verdicts.append({"verdict": verdict, "identity": {c.name: c.score for c in checks}})
+            entry = {"verdict": verdict, "identity": {c.name: c.score for c in checks}}
+            if covered_by == "last_resort":
+                entry["covered_by"] = "mask"
+            result.verdicts.append(entry)
         known = [f.box for f in faces] + [f.box for f in kept]
         for extra in self.detect(photo):
             if _covers(extra.box, known, self.min_iou):

@@ -246,3 +246,40 @@ def test_falco_redo_uses_a_stronger_identity_weight(tmp_path, monkeypatch):
     out = anon.redo(photo, face)
     assert seen == [30.0] and anon.params.lambda_id == 10.0
     assert out is not None and not np.array_equal(out, photo)
+
+
+class _StubbornRecognizers(_ScriptedRecognizers):
+    """Matches until the face box is entirely black (a blur does not fool it, a mask does)."""
+
+    def check_many(self, original, output, faces):
+        from falco.guard import IdentityCheck
+
+        out = []
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            same = bool(output[y0:y1, x0:x1].any())
+            out.append([IdentityCheck("dlib", 0.1 if same else 1.0, same)])
+        return out
+
+
+def test_last_resort_mask_when_the_fallback_is_not_enough(photo_dir):
+    from falco.align import detect_and_align
+    from falco.baselines.base import fallback
+    from falco.guard import PrivacyGuard
+
+    photo = load_image(photo_dir / "three.jpg")
+    face = detect_and_align(photo, size=64)[:1]
+
+    def black_box(img, f):
+        out = img.copy()
+        x0, y0, x1, y1 = f.box
+        out[y0:y1, x0:x1] = 0
+        return out
+
+    blur = lambda img, f: fallback(img, f, "blur")  # noqa: E731
+    with_mask = PrivacyGuard("enforce", _StubbornRecognizers(), blur, lambda img: [], last_resort=black_box)
+    res = with_mask.review(photo, photo.copy(), face)
+    assert res.verdicts[0]["verdict"] == "fallback" and res.verdicts[0]["covered_by"] == "mask"
+    assert not res.photo[face[0].box[1]:face[0].box[3], face[0].box[0]:face[0].box[2]].any()
+    without = PrivacyGuard("enforce", _StubbornRecognizers(), blur, lambda img: [])
+    assert without.review(photo, photo.copy(), face).verdicts[0]["verdict"] == "unsafe"

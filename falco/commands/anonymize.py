@@ -230,7 +230,8 @@ def make_guard(cfg: AnonymizeConfig, device: torch.device):
             arcface = None  # not installed: dlib alone (recorded in the guard settings)
     how = guard_fallback(cfg)
     return PrivacyGuard(cfg.guard, Recognizers(arcface), lambda img, face: fallback(img, face, how),
-                        lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1))
+                        lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1),
+                        last_resort=lambda img, face: fallback(img, face, "mask"))
 
 
 def make_selector(references: tuple[Path, ...]):
