@@ -165,7 +165,7 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
                 row["guard"] = verdict
                 if verdict["verdict"] in ("fallback", "unsafe"):
                     row["status"] = verdict["verdict"]
-                    row["fallback"] = guard_fallback(cfg)
+                    row["fallback"] = "mask" if verdict.get("covered_by") == "mask" else guard_fallback(cfg)
             row["guard_failing"] = guard.mode == "enforce" and row.get("status") in ("fallback", "unsafe", "failed")
             res = results[i]
             if getattr(res, "curves", None):
