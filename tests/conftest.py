@@ -72,3 +72,20 @@ def wait_for_inputs(proc, db: Path, count: int, timeout: float = 300) -> int:
                 break
         time.sleep(0.2)
     return done
+
+
+def kernel_backend(request, op: str, cuda_call):
+    """For the ``kernel`` fixtures of the op tests: ``(cuda_call, 'cuda')`` on the cuda backend
+    (skipped without a GPU), else the extension built for the host (skipped without nvcc/ninja)."""
+    import torch
+
+    from stylegan2_ops import _build
+
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        return cuda_call, "cuda"
+    problem = _build.find_toolchain().problem()
+    if problem is not None:
+        pytest.skip(f"needs nvcc and ninja to build the kernel for the host backend: {problem}")
+    return _build.build_extension(op), "host"

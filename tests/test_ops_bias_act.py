@@ -17,6 +17,7 @@ import torch
 import stylegan2_ops as so
 from falco.errors import InputError
 from stylegan2_ops import _bias_act, _build, _impl
+from tests.conftest import kernel_backend
 
 ACTS = list(so.ACTIVATIONS)
 SQRT2 = math.sqrt(2)
@@ -236,15 +237,10 @@ BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), "host"]
 @pytest.fixture
 def kernel(request):
     """A callable running bias_act through the kernel on the given backend, and its device."""
-    backend = request.param
+    ext_or_call, backend = kernel_backend(request, "bias_act", (lambda x, b, **kw: so.bias_act(x, b, impl="cuda", **kw)))
     if backend == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA device")
-        return (lambda x, b, **kw: so.bias_act(x, b, impl="cuda", **kw)), "cuda"
-    problem = _build.find_toolchain().problem()
-    if problem is not None:
-        pytest.skip(f"needs nvcc and ninja to build the kernel for the host backend: {problem}")
-    ext = _build.build_extension("bias_act")
+        return ext_or_call, "cuda"
+    ext = ext_or_call
 
     def run(x, b, dim=1, act="linear", alpha=None, gain=None, clamp=None):
         cfg = _bias_act._parse(x, b, dim, act, alpha, gain, clamp)

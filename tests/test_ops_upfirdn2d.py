@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import stylegan2_ops as so
 from falco.errors import InputError
-from stylegan2_ops import _build, _upfirdn2d
+from stylegan2_ops import _upfirdn2d
+from tests.conftest import kernel_backend
 
 
 def _pair(v):
@@ -256,15 +257,10 @@ BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), "host"]
 @pytest.fixture
 def kernel(request):
     """A callable running upfirdn2d through the kernel on the given backend, and its device."""
-    backend = request.param
+    ext_or_call, backend = kernel_backend(request, "upfirdn2d", (lambda x, f, **kw: so.upfirdn2d(x, f, impl="cuda", **kw)))
     if backend == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA device")
-        return (lambda x, f, **kw: so.upfirdn2d(x, f, impl="cuda", **kw)), "cuda"
-    problem = _build.find_toolchain().problem()
-    if problem is not None:
-        pytest.skip(f"needs nvcc and ninja to build the kernel for the host backend: {problem}")
-    ext = _build.build_extension("upfirdn2d")
+        return ext_or_call, "cuda"
+    ext = ext_or_call
 
     def run(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
         return _upfirdn2d._apply_kernel(ext, x, f, _upfirdn2d._geometry(up, down, padding, flip_filter, gain))
