@@ -122,6 +122,7 @@ def anonymize_command(
     models: Optional[Path] = MODELS_OPTION,
     bank: Optional[Path] = typer.Option(None, "--bank", help="Fake bank from `falco bank build` (default: build a small one)."),
     bank_size: int = typer.Option(2000, "--bank-size", min=1, help="Fakes in the bank built when --bank is not given."),
+    no_reuse: bool = typer.Option(False, "--no-reuse", help="Give every face a different fake (the nearest unused one)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces optimised together."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     seed: int = typer.Option(0, "--seed"),
@@ -156,7 +157,8 @@ def anonymize_command(
         raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
     options = {k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id))
                if v is not None}
-    cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, bank=bank, bank_size=bank_size, m=m,
+    cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, bank=bank, bank_size=bank_size,
+                          reuse=not no_reuse, m=m,
                           steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
                           amp=amp, loss_resolution=loss_resolution, batch_size=batch_size, device=device, seed=seed,
                           format=format.lower() if format else None, quality=quality, on_fail=on_fail,

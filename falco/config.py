@@ -40,6 +40,7 @@ class AnonymizeConfig:
     models: Path | None = None
     bank: Path | None = None
     bank_size: int = 2000
+    reuse: bool = True
     m: float = 0.0
     steps: int = 50
     lr: float = 0.01

@@ -56,12 +56,17 @@ class FalcoAnonymizer(Anonymizer):
         params: FALCO hyperparameters.
         on_fail: What covers a face that cannot be anonymized: blur, pixelate, mask or skip.
         previews: Also render the inverted real face and the neighbour (for ``--save-crops``).
+        reuse: Let several faces share one fake (the paper). ``False``: every face gets a fake no
+            earlier face of the run got (the nearest unused one, in processing order; faces
+            already in ``used`` count as taken). Ranks of a torchrun job do not share this.
+        used: Bank indices already given out (e.g. by an interrupted run, from its manifest).
     """
 
     name = "falco"
 
     def __init__(self, *, G, E, latent_avg, id_encoder, farl, bank, extractor, params: FalcoParams = FalcoParams(),
-                 on_fail: str = "blur", previews: bool = False, device: str | torch.device = "cpu") -> None:
+                 on_fail: str = "blur", previews: bool = False, device: str | torch.device = "cpu",
+                 reuse: bool = True, used: set[int] | None = None) -> None:
         if on_fail not in ON_FAIL:
             raise InputError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
         if E.n_styles != G.num_ws:
@@ -74,11 +79,13 @@ class FalcoAnonymizer(Anonymizer):
         self.bank, self.extractor = bank, extractor
         self.params, self.on_fail, self.previews = params, on_fail, previews
         self.device = torch.device(device)
+        self.reuse = reuse
+        self.used: set[int] = set(used or ())
 
     def settings(self) -> dict:
         return {"method": "falco", **self.params.as_dict(), "on_fail": self.on_fail,
                 "bank": str(getattr(self.bank, "path", "")), "bank_size": len(self.bank),
-                "features": getattr(self.extractor, "name", "?")}
+                "features": getattr(self.extractor, "name", "?"), "reuse": self.reuse}
 
     # -- batched work ------------------------------------------------------------------------
     def process(self, faces: list[AlignedFace]) -> list[FalcoFace]:
@@ -98,7 +105,7 @@ class FalcoAnonymizer(Anonymizer):
         with torch.no_grad():
             ws_real = encode(self.E, x_real, self.latent_avg)
             feats = self.extractor(x_real).float().cpu().numpy()
-        idx = np.asarray(self.bank.pair(feats)).reshape(-1)
+        idx = self._pair(feats)
         w_fake = self.bank.ws[torch.as_tensor(idx, dtype=torch.long)].to(dev, torch.float32)
         ws_fake = w_fake[:, None].repeat(1, G.num_ws, 1)
         result = optimise(ws_real, ws_fake, x_real, G, self.id_encoder, self.farl, params=self.params)
@@ -132,6 +139,27 @@ class FalcoAnonymizer(Anonymizer):
             self.params = saved
         return paste_back(photo, face, res.crop) if res.ok else None
 
+    def _pair(self, feats: np.ndarray) -> np.ndarray:
+        """The bank index of each face's fake (see ``reuse``)."""
+        if self.reuse:
+            return np.asarray(self.bank.pair(feats)).reshape(-1)
+        if len(self.used) + len(feats) > len(self.bank):
+            raise InputError(f"--no-reuse: the bank has {len(self.bank)} fakes and {len(self.used)} are taken; "
+                             "build a larger bank")
+        out = []
+        k = min(len(self.bank), 16)
+        for q in feats:
+            while True:
+                cand = self.bank.search(q[None], k=k)[0][0]
+                free = [int(c) for c in cand if int(c) >= 0 and int(c) not in self.used]
+                if free or k >= len(self.bank):
+                    break
+                k = min(len(self.bank), k * 4)
+            pick = free[0] if free else next(i for i in range(len(self.bank)) if i not in self.used)
+            self.used.add(pick)
+            out.append(pick)
+        return np.asarray(out, dtype=np.int64)
+
     # -- per photo ---------------------------------------------------------------------------
     def apply(self, photo: np.ndarray, faces: list[AlignedFace], results: list[FalcoFace]) -> tuple[np.ndarray, list[dict]]:
         out = photo
@@ -154,7 +182,8 @@ def _finite(x: float) -> float | None:
 
 
 def load_falco(models: str | os.PathLike | None, *, bank: Any, device: torch.device, params: FalcoParams,
-               on_fail: str = "blur", previews: bool = False) -> FalcoAnonymizer:
+               on_fail: str = "blur", previews: bool = False, reuse: bool = True,
+               used: set[int] | None = None) -> FalcoAnonymizer:
     """Load every network FALCO needs from a model set and wrap them with ``bank``."""
     from falco.features import load_extractor
     from falco.models.zoo import load_role
@@ -166,4 +195,4 @@ def load_falco(models: str | os.PathLike | None, *, bank: Any, device: torch.dev
     farl = extractor.net if extractor.name == "farl" else load_role("attributes", models, device)
     return FalcoAnonymizer(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", models, device),
                            farl=farl, bank=bank, extractor=extractor,
-                           params=params, on_fail=on_fail, previews=previews, device=device)
+                           params=params, on_fail=on_fail, previews=previews, device=device, reuse=reuse, used=used)

@@ -261,3 +261,25 @@ def test_demo_writes_a_page_with_every_step(tmp_path, monkeypatch):
     for src in srcs:
         assert (page.parent / src).is_file(), src
     assert (page.parent / "loss_curves.png").stat().st_size > 1000
+
+
+def test_no_reuse_gives_every_face_its_own_fake(anonymized, tiny_models, bank_dir, faces_dir, tmp_path):
+    with RunManifest(anonymized) as m:
+        shared = [f["neighbour"] for f in m.faces()]
+    assert len(set(shared)) < len(shared), "with reuse (the paper's pairing) popular fakes are shared"
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("2008_002506.jpg", "2008_001322.jpg", "2008_004176.jpg"):
+        shutil.copy(faces_dir / name, src / name)
+    out = tmp_path / "out"
+    cfg = dict(input=src, out=out, models=tiny_models, bank=bank_dir, steps=1, format="png", reuse=False,
+               device="cpu", guard="off", **QUIET)
+    # Two runs into one folder: the second skips the photo the first did and must not hand out
+    # that photo's fakes again (they are read back from the manifest).
+    run_anonymize(AnonymizeConfig(**{**cfg, "input": src / "2008_001322.jpg"}), echo=lambda *_: None)
+    summary = run_anonymize(AnonymizeConfig(**cfg), echo=lambda *_: None)
+    assert summary.skipped == 1 and summary.done == 2
+    with RunManifest(out) as m:
+        neighbours = [f["neighbour"] for f in m.faces()]
+        assert m.runs()[-1]["config"]["method_settings"]["reuse"] is False
+    assert len(neighbours) >= 9 and len(set(neighbours)) == len(neighbours)

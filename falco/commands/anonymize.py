@@ -114,8 +114,12 @@ def make_anonymizer(cfg: AnonymizeConfig, device: torch.device, echo):
                              lambda_attr=cfg.lambda_attr, layers=tuple(cfg.layers), amp=cfg.amp,
                              loss_resolution=cfg.loss_resolution)
         bank = open_or_build_bank(cfg, device, echo)
+        used = None
+        if not cfg.reuse and (cfg.out / "manifest.sqlite").exists():  # a resumed run: fakes already given out
+            with RunManifest(cfg.out) as m:
+                used = {int(f["neighbour"]) for f in m.faces() if f.get("neighbour") is not None}
         return load_falco(cfg.models, bank=bank, device=device, params=params, on_fail=cfg.on_fail,
-                          previews=cfg.save_crops)
+                          previews=cfg.save_crops, reuse=cfg.reuse, used=used)
     options = dict(cfg.method_options)
     if cfg.method in ("ciagan", "deepprivacy"):
         options.setdefault("models", cfg.models)
