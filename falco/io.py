@@ -87,7 +87,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        publish_mode(tmp)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,6 +98,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def publish_mode(path: str | Path) -> None:
+    """Give a file the usual mode (0666 minus the umask), e.g. one written through a private temp file."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

@@ -30,7 +30,6 @@ from falco.bank.layout import (
     _chunk_meta,
     _chunk_name,
     _now,
-    _publish,
     _read_json,
     _write_json,
     _write_png,
@@ -39,6 +38,7 @@ from falco.errors import InputError
 from falco.features import extractor_fingerprint, module_fingerprint, quantize_uint8
 from falco.io import (
     lock_output_dir,
+    publish_mode,
     remove_stale_temps,
     save_tensors,
 )
@@ -326,7 +326,7 @@ def _build_locked(out: Path, G, extractor, *, num, truncation, seed, batch_size,
     for msg in index_notes:
         note(f"index: {msg}")
     fi.save(out / INDEX_NAME)
-    _publish(out / INDEX_NAME)
+    publish_mode(out / INDEX_NAME)  # faiss writes through a private temp file
     note(f"index: {fi.kind} {fi.params or ''}".rstrip())
 
     manifest = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,23 +33,6 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def _publish(path: Path) -> None:
-    """Give a file written through a private temp file (mode 0600) the usual mode (0666 & ~umask).
-
-    Files written with :func:`falco.io.atomic_path` already get it; this is for the FAISS index.
-    """
-    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def _now() -> str:
