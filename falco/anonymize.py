@@ -20,15 +20,37 @@ import torch
 from torch import nn
 
 from falco.errors import InputError
-from falco.inversion import render_256
+from falco.inversion import to_256
 from falco.losses import identity_margin_loss, token_l1_loss
+from falco.models.stylegan2 import SynthesisPrefix
 
 __all__ = ["FalcoParams", "OptimResult", "mix_codes", "optimise"]
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class FalcoParams:
-    """FALCO's hyperparameters; the defaults are the paper's (DESIGN.md)."""
+    """FALCO's hyperparameters; the defaults are the paper's (DESIGN.md).
+
+    The speed switches below change how the loop runs, not what it optimises; each one's
+    accuracy against fp32 is measured by ``scripts/bench_anonymize.py``:
+
+    - ``amp``: ``'bf16'`` or ``'fp16'`` autocast for ArcFace and FaRL and for the generator's
+      top ``num_fp16_res`` resolutions (NVIDIA's fp16 layers, clamped to +-256; 0 keeps the
+      generator in fp32). fp16 uses a gradient scaler.
+    - ``loss_resolution``: compute the losses on the generator's RGB skip output at this
+      resolution (e.g. 256) instead of rendering at full size (an approximation).
+    - ``fused_modconv``: grouped per-face convolutions (True) or dense convolutions on scaled
+      activations (False; usually faster at large batch on GPUs).
+    - ``channels_last``: channels-last tensors in the generator and the loss networks
+      (implies ``fused_modconv=False``).
+    - ``cache_frozen``: compute the generator layers that read only frozen codes (the 4x4 and
+      8x8 convolutions for layers 3..7) once instead of at every step. Exact.
+    - ``compile``: ``torch.compile`` the render-and-loss function with this backend
+      (``'inductor'``; True means that). The first batch of each shape pays for the compilation.
+    """
 
     m: float = 0.0
     steps: int = 50
@@ -38,10 +60,23 @@ class FalcoParams:
     lambda_id: float = 10.0
     lambda_attr: float = 0.1
     layers: tuple[int, int] = (3, 8)
-    amp: bool = False
+    amp: str | None = None
+    num_fp16_res: int = 4
     loss_resolution: int | None = None
+    fused_modconv: bool = True
+    channels_last: bool = False
+    cache_frozen: bool = True
+    compile: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # manifests written before amp had a dtype: True meant bf16
+            object.__setattr__(self, "amp", "bf16" if self.amp else None)
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", "inductor" if self.compile else None)
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise InputError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {self.amp!r}")
+        if self.num_fp16_res < 0:
+            raise InputError(f"num_fp16_res must be >= 0, got {self.num_fp16_res}")
         if not 0.0 <= self.m <= 1.0:
             raise InputError(f"m must be in [0, 1], got {self.m}")
         if self.steps < 0:
@@ -94,10 +129,39 @@ def _check_codes(ws_real: torch.Tensor, ws_fake: torch.Tensor, layers: tuple[int
         raise InputError(f"layers {tuple(layers)}: the generator has only {ws_real.shape[1]} W+ layers")
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def _to_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if enabled else x
+
+
+def _losses(G: nn.Module, id_encoder: nn.Module, farl: nn.Module, ws: torch.Tensor, prefix: SynthesisPrefix | None,
+            e_real: torch.Tensor, t_real: torch.Tensor, params: FalcoParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``ws`` and return the per-face identity and attribute losses (fp32)."""
+    with _autocast(ws.device, params.amp):
+        img = G.synthesis(ws, noise_mode="const", max_resolution=params.loss_resolution, prefix=prefix,
+                          fused_modconv=params.fused_modconv, channels_last=params.channels_last,
+                          num_fp16_res=params.num_fp16_res if params.amp else 0,
+                          fp16_dtype=AMP_DTYPES[params.amp or "fp16"])
+        img = _to_channels_last(to_256(img), params.channels_last)
+        l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
+        l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
+    return l_id, l_attr
+
+
+_compiled_losses: dict[str, object] = {}
+
+
+def _loss_fn(params: FalcoParams):
+    if params.compile is None:
+        return _losses
+    if params.compile not in _compiled_losses:
+        _compiled_losses[params.compile] = torch.compile(_losses, backend=params.compile, dynamic=False)
+    return _compiled_losses[params.compile]
 
 
 def optimise(
@@ -117,7 +181,7 @@ def optimise(
         ws_fake: The paired fakes' W+ codes.
         x_real: The aligned real crops that were inverted, in [-1, 1] (256 px).
         G: The generator; ``id_encoder``: ArcFace; ``farl``: FaRL encoder with ``tokens(x)``.
-        params: Hyperparameters (paper defaults).
+        params: Hyperparameters (paper defaults) and speed switches.
 
     Shape:
         ``ws_*``: ``[B, num_ws, w_dim]``; ``x_real``: ``[B, 3, 256, 256]`` -> ``OptimResult.ws`` like ``ws_real``.
@@ -128,24 +192,30 @@ def optimise(
     start, end = params.layers
     device = ws_real.device
     with torch.no_grad(), _autocast(device, params.amp):
-        e_real = id_encoder(x_real).float()
-        t_real = farl.tokens(x_real).float()
+        x_in = _to_channels_last(x_real, params.channels_last)
+        e_real = id_encoder(x_in).float()
+        t_real = farl.tokens(x_in).float()
     head, tail = ws_real[:, :start].detach(), ws_real[:, end:].detach()
     w_train = ws_fake[:, start:end].detach().clone().requires_grad_(True)
+    prefix = None
+    if params.cache_frozen and start > 0 and hasattr(G, "frozen_prefix"):
+        with torch.no_grad():
+            prefix = G.frozen_prefix(ws_real, start, channels_last=params.channels_last)
     opt = torch.optim.Adam([w_train], lr=params.lr)
     milestones = sorted({int(round(f * params.steps)) for f in params.lr_milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
+    # fp16 gradients would underflow unscaled; 2**10 (not 2**16) so that no early step is skipped
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=params.amp == "fp16")
+    losses_fn = _loss_fn(params)
     history: dict[str, list[torch.Tensor]] = {"id": [], "attr": [], "total": []}
     for _ in range(params.steps):
         ws = torch.cat([head, w_train, tail], dim=1)
-        with _autocast(device, params.amp):
-            img = render_256(G, ws, max_resolution=params.loss_resolution)
-            l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
-            l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
+        l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
         total = params.lambda_id * l_id + params.lambda_attr * l_attr
         opt.zero_grad(set_to_none=True)
-        total.sum().backward()
-        opt.step()
+        scaler.scale(total.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         for key, value in (("id", l_id), ("attr", l_attr), ("total", total)):
             history[key].append(value.detach().float().cpu())

@@ -56,10 +56,20 @@ def render_256(G: nn.Module, ws: torch.Tensor, noise_mode: str = "const", *,
         img = G.synthesis(ws, noise_mode=noise_mode)
     else:
         img = G.synthesis(ws, noise_mode=noise_mode, max_resolution=max_resolution)
-    if img.shape[-1] != 256:
-        img = F.adaptive_avg_pool2d(img, (256, 256)) if img.shape[-1] > 256 else F.interpolate(
-            img, size=(256, 256), mode="bilinear", align_corners=False)
-    return img
+    return to_256(img)
+
+
+def to_256(img: torch.Tensor) -> torch.Tensor:
+    """Average-pool (larger) or bilinearly resize (smaller) images to 256 px.
+
+    Shape:
+        ``[B, 3, H, W]`` -> ``[B, 3, 256, 256]``.
+    """
+    if img.shape[-1] == 256:
+        return img
+    if img.shape[-1] > 256:
+        return F.adaptive_avg_pool2d(img, (256, 256))
+    return F.interpolate(img, size=(256, 256), mode="bilinear", align_corners=False)
 
 
 def encode(E: nn.Module, x: torch.Tensor, latent_avg: torch.Tensor) -> torch.Tensor:

@@ -258,3 +258,92 @@ def test_conv_clamp_is_read_from_nvidia_kwargs_and_clamps_every_layer(nvlabs):
         h.remove()
     assert seen and max(seen) <= 0.05 + 1e-6
     assert _close(img, nvlabs["img_from_ws_plus"]) > 1e-3
+
+
+# -- speed switches: each is the same function as the reference rendering ---------------------
+
+def test_split_modconv_and_channels_last_reproduce_the_fixture(rosinality):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    ws = rosinality["wplus"]
+    with torch.no_grad():
+        split = G.synthesis(ws, fused_modconv=False)
+        cl = G.synthesis(ws, channels_last=True)
+    assert _close(split, rosinality["img_from_wplus"]) < ATOL
+    assert _close(cl, rosinality["img_from_wplus"]) < ATOL
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_split_modconv_gradients_match_the_fused_ones(rosinality):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    grads = []
+    for fused in (True, False):
+        ws = rosinality["wplus"].clone().requires_grad_(True)
+        G.synthesis(ws, fused_modconv=fused).square().mean().backward()
+        grads.append(ws.grad)
+    assert grads[0].abs().max() > 0
+    assert _close(grads[0], grads[1]) < 1e-5 * float(grads[0].abs().max()) + 1e-7
+
+
+@pytest.mark.parametrize("num_frozen", [1, 2, 3, 5])
+def test_frozen_prefix_resumes_synthesis_exactly(rosinality, num_frozen):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    ws = rosinality["wplus"]
+    with torch.no_grad():
+        prefix = G.frozen_prefix(ws, num_frozen)
+        assert prefix.num_frozen_ws <= num_frozen and prefix.pos > 0
+        assert torch.equal(G.synthesis(ws, prefix=prefix), G.synthesis(ws))
+        # only ws[:, :num_frozen] was read: changing the other layers changes nothing in the prefix
+        other = ws.clone()
+        other[:, num_frozen:] += 1.0
+        again = G.frozen_prefix(other, num_frozen)
+        assert torch.equal(again.x, prefix.x)
+        assert torch.equal(G.synthesis(other, prefix=prefix), G.synthesis(other))
+        assert not torch.equal(G.synthesis(other), G.synthesis(ws))
+
+
+def test_frozen_prefix_refuses_random_noise_and_wrong_batch(rosinality):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    ws = rosinality["wplus"]
+    with pytest.raises(InputError, match="random"):
+        G.frozen_prefix(ws, 3, noise_mode="random")
+    with pytest.raises(InputError, match="prefix"):
+        G.synthesis(ws[:1], prefix=G.frozen_prefix(ws, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_num_fp16_res_runs_only_the_top_resolutions_in_low_precision(rosinality, dtype):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    ws = rosinality["wplus"]
+    seen: dict[int, torch.dtype] = {}
+    hooks = [m.register_forward_hook(lambda m, _i, out: seen.__setitem__(out.shape[-1], out.dtype))
+             for m in G.modules() if m.__class__.__name__ == "FusedLeakyReLU"]
+    with torch.no_grad():
+        img = G.synthesis(ws, num_fp16_res=2, fp16_dtype=dtype)
+    for h in hooks:
+        h.remove()
+    assert seen == {4: torch.float32, 8: torch.float32, 16: dtype, 32: dtype}
+    assert img.dtype == torch.float32  # the RGB skip stays fp32
+    err = _close(img, rosinality["img_from_wplus"])
+    assert 0 < err < 0.1 * float(rosinality["img_from_wplus"].abs().max())
+
+
+def test_fp16_layers_clamp_activations_even_without_conv_clamp(rosinality):
+    G = load_generator(shared_path("fixtures", "rosinality_g32.pt"))
+    assert G.conv_clamp is None
+    acts = [m for m in G.modules() if m.__class__.__name__ == "FusedLeakyReLU"]
+    for m in acts:  # large activations in the fp16 layers: only a clamp keeps them below 256
+        if m.bias.shape[0] != G.channels[4]:
+            m.bias.data.fill_(3e4)
+    seen: list[tuple[torch.dtype, float]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append((out.dtype, float(out.abs().max()))))
+             for m in acts]
+    with torch.no_grad():
+        G.synthesis(rosinality["wplus"], num_fp16_res=2, fp16_dtype=torch.float16)
+        low = [v for dt, v in seen if dt == torch.float16]
+        seen.clear()
+        G.synthesis(rosinality["wplus"])
+        full = [v for _dt, v in seen]
+    for h in hooks:
+        h.remove()
+    assert len(low) == 4 and max(low) <= 256.0
+    assert max(full) > 1e4

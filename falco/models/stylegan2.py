@@ -13,6 +13,7 @@ otherwise).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -24,6 +25,11 @@ from falco.errors import InputError
 
 NoiseMode = Literal["const", "random", "none"]
 BLUR_KERNEL = (1, 3, 3, 1)
+FP16_CLAMP = 256.0  # NVIDIA's conv_clamp for layers run in fp16
+
+
+def _clamp_for(x: torch.Tensor, clamp: float | None) -> float | None:
+    return FP16_CLAMP if clamp is None and x.dtype == torch.float16 else clamp
 
 
 def default_channels(img_resolution: int = 1024, channel_multiplier: int = 2) -> dict[int, int]:
@@ -92,7 +98,17 @@ class ModulatedConv2d(nn.Module):
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """Modulate, convolve, demodulate.
+
+        ``fused`` (rosinality, NVIDIA's ``fused_modconv``) folds the batch into one grouped
+        convolution with per-sample weights. ``fused=False`` scales the activations instead,
+        runs one ordinary convolution with the shared weight and scales the output by the
+        demodulation coefficients: the same function, but it keeps channels-last tensors and
+        uses dense (tensor-core friendly) convolutions, usually faster at large batch.
+        """
+        if not fused:
+            return self._forward_split(x, style)
         batch, in_channel, height, width = x.shape
         style = self.modulation(style).view(batch, 1, in_channel, 1, 1)
         weight = self.scale * self.weight * style
@@ -109,6 +125,20 @@ class ModulatedConv2d(nn.Module):
         weight = weight.view(batch * self.out_channel, in_channel, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, *out.shape[2:])
+
+    def _forward_split(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        s = self.modulation(style)  # [B, in]
+        weight = self.scale * self.weight[0]  # [out, in, k, k]
+        x = x * s.view(batch, -1, 1, 1).to(x.dtype)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            demod = torch.rsqrt((weight[None] * s[:, None, :, None, None]).pow(2).sum([2, 3, 4]) + 1e-8)
+            out = out * demod.view(batch, self.out_channel, 1, 1).to(out.dtype)
+        return out
 
 
 class Blur(nn.Module):
@@ -152,11 +182,15 @@ class NoiseInjection(nn.Module):
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:
             return x
-        return x + self.weight * noise
+        return x + (self.weight * noise).to(x.dtype)
 
 
 class FusedLeakyReLU(nn.Module):
-    """Bias + leaky ReLU (0.2) + gain sqrt(2) (key ``bias``), clamped to +-``clamp`` if given."""
+    """Bias + leaky ReLU (0.2) + gain sqrt(2) (key ``bias``), clamped to +-``clamp`` if given.
+
+    fp16 activations without a ``clamp`` are clamped to +-``FP16_CLAMP`` (NVIDIA's ``conv_clamp``
+    for its fp16 layers) so that they cannot overflow.
+    """
 
     def __init__(self, channels: int, clamp: float | None = None) -> None:
         super().__init__()
@@ -164,7 +198,7 @@ class FusedLeakyReLU(nn.Module):
         self.clamp = clamp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return stylegan2_ops.bias_act(x, self.bias, act="lrelu", clamp=self.clamp)
+        return stylegan2_ops.bias_act(x, self.bias, act="lrelu", clamp=_clamp_for(x, self.clamp))
 
 
 class ConstantInput(nn.Module):
@@ -190,8 +224,9 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel, clamp=conv_clamp)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                fused: bool = True) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, style, fused), noise))
 
 
 class ToRGB(nn.Module):
@@ -206,14 +241,36 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if self.conv_clamp is None:
-            out = self.conv(x, style) + self.bias
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None,
+                fused: bool = True) -> torch.Tensor:
+        out = self.conv(x, style, fused)
+        clamp = _clamp_for(out, self.conv_clamp)
+        if clamp is None:
+            out = out + self.bias
         else:  # NVIDIA's ToRGBLayer: bias_act(x, b, clamp=conv_clamp), before the skip is added
-            out = stylegan2_ops.bias_act(self.conv(x, style), self.bias.view(3), clamp=self.conv_clamp)
+            out = stylegan2_ops.bias_act(out, self.bias.view(3), clamp=clamp)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()  # the RGB skip stays fp32, as NVIDIA keeps ``img``
         if skip is not None:
             out = out + self.upsample(skip)
         return out
+
+
+@dataclass
+class SynthesisPrefix:
+    """Synthesis state after the first ``pos`` layers (see :meth:`Generator.frozen_prefix`).
+
+    Attributes:
+        x: Features after the last layer run. Shape: ``[B, C, res, res]``.
+        skip: The RGB skip output so far (None before the first ToRGB). Shape: ``[B, 3, r, r]``.
+        pos: Number of synthesis layers already run.
+        num_frozen_ws: The layers run read only ``ws[:, :num_frozen_ws]``.
+    """
+
+    x: torch.Tensor
+    skip: torch.Tensor | None
+    pos: int
+    num_frozen_ws: int
 
 
 class Generator(nn.Module):
@@ -325,21 +382,21 @@ class Generator(nn.Module):
             return buf.to(x.dtype)
         return torch.randn(x.shape[0], 1, *buf.shape[2:], device=x.device, dtype=x.dtype)
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", *,
-                  max_resolution: int | None = None) -> torch.Tensor:
-        """Render images from per-layer codes.
+    def _layers(self) -> list[tuple[str, nn.Module, int, int]]:
+        """The synthesis layers in order: ``(kind, module, ws index, resolution)``.
 
-        Args:
-            ws: ``[B, num_ws, w_dim]`` (W+), or ``[B, w_dim]`` broadcast to every layer.
-            noise_mode: ``'const'`` (stored noise buffers), ``'random'`` or ``'none'``.
-            max_resolution: Stop at this resolution and return the RGB skip output there
-                (an approximation of the downsampled full image that skips the costly last
-                layers; ``None`` renders at ``img_resolution``).
-
-        Shape:
-            ws ``[B, num_ws, w_dim]`` -> image ``[B, 3, img_resolution, img_resolution]``
-            in about [-1, 1].
+        A ``'conv'`` layer reads ``ws[:, idx]`` and noise buffer ``idx``; a ``'rgb'`` layer reads
+        ``ws[:, idx]`` and updates the RGB skip. The ws indices never decrease.
         """
+        layers: list[tuple[str, nn.Module, int, int]] = [("conv", self.conv1, 0, 4), ("rgb", self.to_rgb1, 1, 4)]
+        i = 1
+        for k, (up_conv, conv, to_rgb) in enumerate(zip(self.convs[::2], self.convs[1::2], self.to_rgbs)):
+            res = 8 << k
+            layers += [("conv", up_conv, i, res), ("conv", conv, i + 1, res), ("rgb", to_rgb, i + 2, res)]
+            i += 2
+        return layers
+
+    def _check_synthesis_args(self, ws: torch.Tensor, noise_mode: str, max_resolution: int | None) -> torch.Tensor:
         if noise_mode not in ("const", "random", "none"):
             raise InputError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
         if ws.ndim == 2:
@@ -348,18 +405,88 @@ class Generator(nn.Module):
             raise InputError(f"ws must have shape [B, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         if max_resolution is not None and (max_resolution < 4 or max_resolution & (max_resolution - 1)):
             raise InputError(f"max_resolution must be a power of two >= 4, got {max_resolution}")
+        return ws
+
+    def frozen_prefix(self, ws: torch.Tensor, num_frozen_ws: int, noise_mode: NoiseMode = "const", *,
+                      channels_last: bool = False) -> "SynthesisPrefix":
+        """Run the synthesis layers that read only ``ws[:, :num_frozen_ws]``, to reuse them.
+
+        FALCO optimises ``ws[:, 3:8]``: the 4x4 layers and the 8x8 convolutions then never
+        change, so :meth:`synthesis` can start from this state at every step instead of
+        recomputing them. Only ``ws[:, :num_frozen_ws]`` is read; the result is the same as
+        rendering from scratch. ``noise_mode='random'`` is refused (the noise would be frozen).
+        """
+        ws = self._check_synthesis_args(ws, noise_mode, None)
+        if noise_mode == "random":
+            raise InputError("frozen_prefix: noise_mode 'random' would freeze the noise; use 'const' or 'none'")
         x = self.input(ws.shape[0])
-        x = self.conv1(x, ws[:, 0], self._noise(0, x, noise_mode))
-        skip = self.to_rgb1(x, ws[:, 1])
-        i = 1
-        for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
-            if max_resolution is not None and skip.shape[-1] >= max_resolution:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        state = SynthesisPrefix(x=x, skip=None, pos=0, num_frozen_ws=0)
+        for pos, (kind, layer, idx, _res) in enumerate(self._layers()):
+            if idx >= num_frozen_ws:
                 break
-            x = up_conv(x, ws[:, i], self._noise(i, x, noise_mode))
-            x = conv(x, ws[:, i + 1], self._noise(i + 1, x, noise_mode))
-            skip = to_rgb(x, ws[:, i + 2], skip)
-            i += 2
-        return skip
+            state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=not channels_last)
+            state.pos, state.num_frozen_ws = pos + 1, idx + 1
+        return state
+
+    def _run_layer(self, state: "SynthesisPrefix", kind: str, layer: nn.Module, idx: int, ws: torch.Tensor,
+                   noise_mode: NoiseMode, *, fused: bool) -> "SynthesisPrefix":
+        if kind == "conv":
+            x = layer(state.x, ws[:, idx], self._noise(idx, state.x, noise_mode), fused)
+            return SynthesisPrefix(x=x, skip=state.skip, pos=state.pos, num_frozen_ws=state.num_frozen_ws)
+        skip = layer(state.x, ws[:, idx], state.skip, fused)
+        return SynthesisPrefix(x=state.x, skip=skip, pos=state.pos, num_frozen_ws=state.num_frozen_ws)
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", *,
+                  max_resolution: int | None = None, prefix: "SynthesisPrefix | None" = None,
+                  fused_modconv: bool = True, channels_last: bool = False,
+                  num_fp16_res: int = 0, fp16_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        """Render images from per-layer codes.
+
+        Args:
+            ws: ``[B, num_ws, w_dim]`` (W+), or ``[B, w_dim]`` broadcast to every layer.
+            noise_mode: ``'const'`` (stored noise buffers), ``'random'`` or ``'none'``.
+            max_resolution: Stop at this resolution and return the RGB skip output there
+                (an approximation of the downsampled full image that skips the costly last
+                layers; ``None`` renders at ``img_resolution``).
+            prefix: A :meth:`frozen_prefix` of the same faces: its layers are not recomputed
+                (``ws[:, :prefix.num_frozen_ws]`` must be the codes it was computed from).
+            fused_modconv: Grouped per-sample convolutions (True) or activation scaling with
+                dense convolutions (False); see :meth:`ModulatedConv2d.forward`.
+            channels_last: Run the convolutions on channels-last tensors (implies
+                ``fused_modconv=False``).
+            num_fp16_res: Run the top ``num_fp16_res`` resolutions under autocast to
+                ``fp16_dtype`` (NVIDIA's ``num_fp16_res``; 4 for its FFHQ models); the others,
+                the RGB skip and the modulation styles stay fp32. fp16 layers clamp their
+                activations to +-256 (``conv_clamp``).
+
+        Shape:
+            ws ``[B, num_ws, w_dim]`` -> image ``[B, 3, img_resolution, img_resolution]``
+            in about [-1, 1].
+        """
+        ws = self._check_synthesis_args(ws, noise_mode, max_resolution)
+        if prefix is None:
+            x = self.input(ws.shape[0])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            state = SynthesisPrefix(x=x, skip=None, pos=0, num_frozen_ws=0)
+        elif prefix.x.shape[0] != ws.shape[0]:
+            raise InputError(f"prefix was computed for {prefix.x.shape[0]} faces, ws has {ws.shape[0]}")
+        else:
+            state = prefix
+        fused = fused_modconv and not channels_last
+        fp16_resolution = max(2 ** (self.log_size + 1 - num_fp16_res), 8) if num_fp16_res > 0 else None
+        device_type = ws.device.type
+        for kind, layer, idx, res in self._layers()[state.pos:]:
+            if max_resolution is not None and res > max_resolution:
+                break
+            if fp16_resolution is None:  # a caller's autocast, if any, applies as it is
+                state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=fused)
+                continue
+            with torch.autocast(device_type, dtype=fp16_dtype, enabled=res >= fp16_resolution):
+                state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=fused)
+        return state.skip
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> torch.Tensor:
         """z -> image. Shape: z ``[B, z_dim]`` -> ``[B, 3, H, W]``."""
