@@ -134,7 +134,11 @@ def anonymize_command(
     lambda_id: float = typer.Option(10.0, "--lambda-id", help="Weight of the identity loss."),
     lambda_attr: float = typer.Option(0.1, "--lambda-attr", help="Weight of the attribute loss."),
     layers: str = typer.Option("3:8", "--layers", help="Trainable W+ layers START:END (paper 3:8 = layers 3..7)."),
-    amp: bool = typer.Option(False, "--amp", help="bf16 autocast on CUDA."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 or fp16 (ArcFace, FaRL and the generator's top --fp16-res resolutions)."),
+    fp16_res: int = typer.Option(4, "--fp16-res", min=0, help="With --amp: generator resolutions run in low precision, from the top (NVIDIA: 4; 0: generator in fp32)."),
+    modconv: str = typer.Option("fused", "--modconv", help="Modulated convolutions: fused (grouped, per face) or dense (shared weight; faster at large batch on GPUs)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last tensors (implies --modconv dense)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the render-and-loss step (slow first batch)."),
     loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
     detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
@@ -155,12 +159,16 @@ def anonymize_command(
         start, end = (int(v) for v in layers.split(":"))
     except ValueError:
         raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
+    if amp not in ("off", "bf16", "fp16"):
+        raise InputError(f"--amp must be off, bf16 or fp16, got {amp!r}")
     options = {k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id))
                if v is not None}
     cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, bank=bank, bank_size=bank_size,
                           reuse=not no_reuse, m=m,
                           steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
-                          amp=amp, loss_resolution=loss_resolution, batch_size=batch_size, device=device, seed=seed,
+                          amp=None if amp == "off" else amp, num_fp16_res=fp16_res,
+                          fused_modconv=_modconv(modconv), channels_last=channels_last, compile=compile,
+                          loss_resolution=loss_resolution, batch_size=batch_size, device=device, seed=seed,
                           format=format.lower() if format else None, quality=quality, on_fail=on_fail,
                           save_crops=save_crops, detector=detector, upsample=upsample, method_options=options,
                           guard=guard, keep_identity=tuple(keep_identity or ()), sidecar=sidecar,
@@ -183,6 +191,12 @@ def demo_command(
 
     run_demo(out, models=models, steps=steps, bank_size=bank_size, device=device, progress=not no_progress,
              echo=lambda msg: typer.echo(msg, err=True))
+
+
+def _modconv(value: str) -> bool:
+    if value not in ("fused", "dense"):
+        raise InputError(f"--modconv must be fused or dense, got {value!r}")
+    return value == "fused"
 
 
 def _finish(summary) -> None:

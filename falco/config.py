@@ -47,7 +47,11 @@ class AnonymizeConfig:
     lambda_id: float = 10.0
     lambda_attr: float = 0.1
     layers: tuple[int, int] = (3, 8)
-    amp: bool = False
+    amp: str | None = None
+    num_fp16_res: int = 4
+    fused_modconv: bool = True
+    channels_last: bool = False
+    compile: bool = False
     loss_resolution: int | None = None
     batch_size: int = 8
     device: str = "auto"

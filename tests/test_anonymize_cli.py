@@ -188,11 +188,33 @@ def Image_open(path: Path):
 
 def test_bad_arguments_exit_2(tiny_models, faces_dir, tmp_path):
     for args, needle in ((["--method", "nope"], "--method"), (["--format", "gif"], "--format"),
-                         (["--layers", "x"], "--layers"), (["--on-fail", "ignore"], "--on-fail")):
+                         (["--layers", "x"], "--layers"), (["--on-fail", "ignore"], "--on-fail"),
+                         (["--amp", "int8"], "--amp"), (["--modconv", "grouped"], "--modconv")):
         res = falco_cli("anonymize", str(faces_dir), "--out", str(tmp_path / "o"), "--models", str(tiny_models),
                         "--device", "cpu", *args)
         assert res.returncode == 2, (args, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_speed_switches_from_the_command_line(tiny_models, bank_dir, faces_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "a.jpg")
+    outs = {}
+    for name, flags in (("ref", []), ("fast", ["--amp", "bf16", "--fp16-res", "2", "--modconv", "dense",
+                                               "--channels-last"])):
+        out = tmp_path / name
+        res = falco_cli("anonymize", str(src), "--out", str(out), "--models", str(tiny_models), "--bank",
+                        str(bank_dir), "--steps", "2", "--device", "cpu", "--format", "png", "--no-progress", *flags)
+        assert res.returncode == 0, res.stderr
+        with RunManifest(out) as m:
+            settings = m.runs()[-1]["config"]["method_settings"]
+        outs[name] = (settings, load_file(str(out / "codes" / "a.jpg.safetensors"))["ws"])
+    assert outs["ref"][0]["amp"] is None and outs["ref"][0]["fused_modconv"] is True
+    fast = outs["fast"][0]
+    assert (fast["amp"], fast["num_fp16_res"], fast["fused_modconv"], fast["channels_last"]) == ("bf16", 2, False, True)
+    diff = np.abs(outs["fast"][1] - outs["ref"][1]).max()
+    assert 0 < diff < 0.05  # two Adam steps of lr 0.01: bf16 moves the codes a little, not a lot
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:

@@ -112,6 +112,8 @@ def make_anonymizer(cfg: AnonymizeConfig, device: torch.device, echo):
 
         params = FalcoParams(m=cfg.m, steps=cfg.steps, lr=cfg.lr, lambda_id=cfg.lambda_id,
                              lambda_attr=cfg.lambda_attr, layers=tuple(cfg.layers), amp=cfg.amp,
+                             num_fp16_res=cfg.num_fp16_res, fused_modconv=cfg.fused_modconv,
+                             channels_last=cfg.channels_last, compile=cfg.compile,
                              loss_resolution=cfg.loss_resolution)
         bank = open_or_build_bank(cfg, device, echo)
         used = None
