@@ -1,36 +1,65 @@
-"""Benchmark FALCO's optimisation loop: batched (falco) vs one face at a time in fp32 (the original).
+"""Benchmark FALCO's optimisation loop: every speed switch vs one face at a time in fp32 (the original).
 
-Full-size, randomly initialised networks (StyleGAN2 at --resolutions, ArcFace IR-SE50,
-FaRL ViT-B/16): the timings are those of the real models, the outputs are meaningless.
-The reference is the loop of the original implementation: one face at a time, fp32, real
-features recomputed at every step. Each variant is timed in the same process and reported as
-faces/s, seconds per face, the speed-up over the reference, peak GPU memory, TFLOP/s
-(FLOPs counted by torch's FlopCounterMode on one step) and the fraction of --peak-tflops.
-Accuracy of each variant against fp32 batched is printed (final loss and image difference).
+Full-size, randomly initialised networks (StyleGAN2 at --resolutions, ArcFace IR-SE50, FaRL
+ViT-B/16): the timings are those of the real models, the outputs are meaningless. The
+reference is the loop of the original implementation: one face at a time, fp32, grouped
+modulated convolutions, the real faces' features and the frozen layers recomputed at every
+step. Every variant is timed in the same process after a warm-up run (cuDNN autotuning,
+torch.compile) and reported as faces/s, seconds per face, the speed-up over the reference,
+peak GPU memory, TFLOP/s (FLOPs counted on fake tensors by torch's FlopCounterMode for one
+step of the fp32 loop, so every variant is credited with the same useful work) and the
+fraction of --peak-tflops. Accuracy of each variant against batched fp32 (the same faces, the
+same batch) is printed as the largest relative difference of the final total loss and the
+mean / max absolute difference of the rendered images (pixels in [-1, 1]).
 
     python scripts/bench_anonymize.py --device cuda --resolutions 256,512,1024 --batch-sizes 1,4,16,64 --steps 50
-    python scripts/bench_anonymize.py --device cpu --resolutions 256 --batch-sizes 1,2 --steps 2   # harness check
+    python scripts/bench_anonymize.py --device cpu --resolutions 256 --batch-sizes 2 --steps 2 \\
+        --variants fp32,no-cache,dense,channels-last,bf16      # CPU harness check
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import time
-from functools import partial
+from dataclasses import replace
+from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
 
-from falco.anonymize import FalcoParams, optimise
+from falco.anonymize import FalcoParams, OptimResult, optimise
 from falco.inversion import render_256
 from falco.losses import identity_margin_loss, token_l1_loss
 from falco.models.arcface import Backbone, IdentityEncoder
 from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
 from falco.models.stylegan2 import Generator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import full_networks, to_fake  # noqa: E402
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+#: name -> FalcoParams changes from batched fp32 (the base every other variant is compared with)
+VARIANTS: dict[str, dict] = {
+    "fp32": {},
+    "no-cache": dict(cache_frozen=False),
+    "dense": dict(fused_modconv=False),
+    "channels-last": dict(channels_last=True),
+    "bf16": dict(amp="bf16"),
+    "bf16-nets-only": dict(amp="bf16", num_fp16_res=0),
+    "fp16": dict(amp="fp16"),
+    "compile": dict(compile="inductor"),
+    "fast": dict(amp="bf16", channels_last=True, compile="inductor"),
+    "loss@256": dict(loss_resolution=256),
+    "fast+loss@256": dict(amp="bf16", channels_last=True, compile="inductor", loss_resolution=256),
+}
 
 
 def build(res: int, device: torch.device):
+    """Full-size, randomly initialised networks on ``device``."""
     torch.manual_seed(0)
     G = Generator(img_resolution=res).to(device).eval().requires_grad_(False)
     id_encoder = IdentityEncoder(Backbone(50, "ir_se").eval()).to(device)
@@ -39,6 +68,7 @@ def build(res: int, device: torch.device):
 
 
 def codes(G, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n real codes (with their renders as the real crops) and n fake codes."""
     g = torch.Generator(device="cpu").manual_seed(1)
     with torch.no_grad():
         w_real = G.mapping(torch.randn(n, G.z_dim, generator=g).to(device), truncation_psi=0.7)
@@ -48,30 +78,36 @@ def codes(G, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ws_real, w_fake[:, None].repeat(1, G.num_ws, 1), x_real
 
 
-def reference_loop(ws_real, ws_fake, x_real, G, id_encoder, farl, steps: int) -> torch.Tensor:
-    """The original FALCO loop: one face, fp32, real features recomputed every step."""
+def reference_loop(ws_real, ws_fake, x_real, G, id_encoder, farl, params: FalcoParams) -> torch.Tensor:
+    """The original FALCO loop: one face at a time, fp32, real features recomputed every step."""
+    start, end = params.layers
     out = []
     for i in range(ws_real.shape[0]):
-        w_train = ws_fake[i:i + 1, 3:8].clone().requires_grad_(True)
-        opt = torch.optim.Adam([w_train], lr=0.01)
-        for _ in range(steps):
-            ws = torch.cat([ws_real[i:i + 1, :3], w_train, ws_real[i:i + 1, 8:]], dim=1)
+        w_train = ws_fake[i:i + 1, start:end].clone().requires_grad_(True)
+        opt = torch.optim.Adam([w_train], lr=params.lr)
+        milestones = sorted({int(round(f * params.steps)) for f in params.lr_milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
+        for _ in range(params.steps):
+            ws = torch.cat([ws_real[i:i + 1, :start], w_train, ws_real[i:i + 1, end:]], dim=1)
             img = render_256(G, ws)
-            loss = 10 * identity_margin_loss(id_encoder(img), id_encoder(x_real[i:i + 1]), 0.0) + \
-                0.1 * token_l1_loss(farl.tokens(img), farl.tokens(x_real[i:i + 1]))
+            x = x_real[i:i + 1]
+            loss = params.lambda_id * identity_margin_loss(id_encoder(img), id_encoder(x), params.m) + \
+                params.lambda_attr * token_l1_loss(farl.tokens(img), farl.tokens(x))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        out.append(torch.cat([ws_real[i:i + 1, :3], w_train.detach(), ws_real[i:i + 1, 8:]], dim=1))
+            sched.step()
+        out.append(torch.cat([ws_real[i:i + 1, :start], w_train.detach(), ws_real[i:i + 1, end:]], dim=1))
     return torch.cat(out)
 
 
-def sync(device):
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(fn, device):
+def timed(fn, device: torch.device):
+    """(result, seconds, peak GPU GiB) of ``fn()``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
@@ -82,12 +118,33 @@ def timed(fn, device):
     return result, time.perf_counter() - t0, mem
 
 
-def step_flops(ws_real, ws_fake, x_real, G, id_encoder, farl) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+@functools.cache
+def step_flops(res: int, batch: int, loss_resolution: int | None) -> float:
+    """FLOPs of one optimisation step of ``batch`` faces, counted on fake tensors (nothing runs).
 
-    with FlopCounterMode(display=False) as counter:
-        optimise(ws_real, ws_fake, x_real, G, id_encoder, farl, params=FalcoParams(steps=1))
-    return float(counter.get_total_flops())
+    Counted on the dense modulated convolutions (the same arithmetic as the grouped ones):
+    torch's counter charges a grouped convolution's weight gradient ``groups`` times over.
+    """
+    mode = FakeTensorMode()
+    G, id_encoder, farl = (to_fake(m, mode) for m in full_networks(res))
+    with mode:
+        ws, x = torch.randn(batch, G.num_ws, G.w_dim), torch.rand(batch, 3, 256, 256)
+        counts = []
+        for steps in (1, 2):  # the difference removes the once-per-batch work
+            with FlopCounterMode(display=False) as counter:
+                optimise(ws, ws, x, G, id_encoder, farl, params=FalcoParams(steps=steps, loss_resolution=loss_resolution,
+                                                                            fused_modconv=False))
+            counts.append(counter.get_total_flops())
+    return float(counts[1] - counts[0])
+
+
+def accuracy(out: OptimResult, base: OptimResult, G) -> tuple[float, float, float]:
+    """(max relative |final total loss - base|, mean |image - base|, max |image - base|)."""
+    rel = float(((out.losses["total"][-1] - base.losses["total"][-1]).abs()
+                 / base.losses["total"][-1].abs().clamp_min(1e-12)).max())
+    with torch.no_grad():
+        d = (G.synthesis(out.ws) - G.synthesis(base.ws)).abs()
+    return rel, float(d.mean()), float(d.max())
 
 
 def main() -> None:
@@ -96,55 +153,61 @@ def main() -> None:
     ap.add_argument("--resolutions", default="256,512,1024")
     ap.add_argument("--batch-sizes", default="1,4,16,64")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--reference-faces", type=int, default=2, help="faces timed in the reference loop")
+    ap.add_argument("--no-warmup", action="store_true", help="time the first run too (compilation included)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: by GPU name)")
-    ap.add_argument("--amp", action="store_true", help="also time bf16 autocast (CUDA)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"steps {args.steps}, peak {peak or '?'} TFLOP/s")
-    print(f"{'res':>5} {'variant':<18} {'batch':>5} {'faces/s':>9} {'s/face':>8} {'x ref':>7} {'GiB':>6} "
-          f"{'TFLOP/s':>8} {'%peak':>6} {'|dloss|':>8} {'|dimg|':>8}")
+          f"steps {args.steps}, peak {peak or '?'} TFLOP/s, warm-up {'off' if args.no_warmup else 'on'}")
+    print(f"{'res':>5} {'variant':<19} {'batch':>5} {'faces/s':>9} {'s/face':>8} {'x ref':>7} {'GiB':>6} "
+          f"{'TFLOP/s':>8} {'%peak':>6} {'dloss':>8} {'|dimg|':>8} {'max':>8}")
+    base_params = FalcoParams(steps=args.steps)
     for res in (int(r) for r in args.resolutions.split(",")):
         G, id_encoder, farl = build(res, device)
-        nref = args.reference_faces
-        ws_r, ws_f, x_r = codes(G, nref, device)
-        _, t_ref, mem = timed(partial(reference_loop, ws_r, ws_f, x_r, G, id_encoder, farl, args.steps), device)
-        ref_fps = nref / t_ref
-        print(f"{res:>5} {'reference (fp32,1)':<18} {1:>5} {ref_fps:>9.3f} {1 / ref_fps:>8.2f} {1.0:>7.1f} {mem:>6.1f}")
-        variants = [("batched fp32", False, None)]
-        if args.amp and device.type == "cuda":
-            variants.append(("batched bf16", True, None))
-        if res > 256:
-            variants.append(("batched loss@256", False, 256))
+        nets = (G, id_encoder, farl)
+        ws_r, ws_f, x_r = codes(G, args.reference_faces, device)
+        if not args.no_warmup:
+            reference_loop(ws_r[:1], ws_f[:1], x_r[:1], *nets, FalcoParams(steps=1))
+        _, t_ref, mem = timed(functools.partial(reference_loop, ws_r, ws_f, x_r, *nets, base_params), device)
+        ref_fps = args.reference_faces / t_ref
+        print(f"{res:>5} {'reference (fp32, 1)':<19} {1:>5} {ref_fps:>9.3f} {1 / ref_fps:>8.2f} {1.0:>7.1f} {mem:>6.1f}",
+              flush=True)
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             ws_r, ws_f, x_r = codes(G, bs, device)
-            flops = step_flops(ws_r, ws_f, x_r, G, id_encoder, farl) * args.steps
             base = None
-            for name, amp, loss_res in variants:
-                params = FalcoParams(steps=args.steps, amp=amp, loss_resolution=loss_res)
+            for name in names:
+                changes = VARIANTS[name]
+                if changes.get("loss_resolution", res) >= res and "loss_resolution" in changes:
+                    continue  # loss@256 at 256 px is plain fp32
+                params = FalcoParams(steps=args.steps, **changes)
+                flops = step_flops(res, bs, params.loss_resolution) * args.steps
                 try:
-                    res_, t, mem = timed(partial(optimise, ws_r, ws_f, x_r, G, id_encoder, farl, params=params), device)
+                    if not args.no_warmup:
+                        optimise(ws_r, ws_f, x_r, *nets, params=replace(params, steps=1))
+                    out, t, mem = timed(functools.partial(optimise, ws_r, ws_f, x_r, *nets, params=params), device)
                 except torch.OutOfMemoryError:
-                    print(f"{res:>5} {name:<18} {bs:>5}  out of memory")
+                    print(f"{res:>5} {name:<19} {bs:>5}  out of memory", flush=True)
                     torch.cuda.empty_cache()
-                    break
+                    continue
+                if base is None and not changes:
+                    base = out
+                dloss, dimg, dmax = accuracy(out, base, G) if base is not None else (float("nan"),) * 3
                 fps = bs / t
                 tflops = flops / t / 1e12
-                if base is None:
-                    base, dloss, dimg = res_, 0.0, 0.0
-                else:
-                    dloss = float((res_.losses["total"][-1] - base.losses["total"][-1]).abs().max())
-                    with torch.no_grad():
-                        dimg = float((render_256(G, res_.ws) - render_256(G, base.ws)).abs().max())
                 pct = f"{100 * tflops / peak:>6.1f}" if peak else f"{'?':>6}"
-                print(f"{res:>5} {name:<18} {bs:>5} {fps:>9.3f} {1 / fps:>8.2f} {fps / ref_fps:>7.1f} {mem:>6.1f} "
-                      f"{tflops:>8.2f} {pct} {dloss:>8.2e} {dimg:>8.2e}")
-        del G, id_encoder, farl
+                print(f"{res:>5} {name:<19} {bs:>5} {fps:>9.3f} {1 / fps:>8.2f} {fps / ref_fps:>7.1f} {mem:>6.1f} "
+                      f"{tflops:>8.3f} {pct} {dloss:>8.1e} {dimg:>8.1e} {dmax:>8.1e}", flush=True)
+        del G, id_encoder, farl, nets
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
