@@ -91,12 +91,27 @@ class FalcoAnonymizer(Anonymizer):
     def process(self, faces: list[AlignedFace]) -> list[FalcoFace]:
         if not faces:
             return []
+        used = set(self.used)
         try:
             return self._process(faces)
+        except torch.OutOfMemoryError as exc:
+            self.used = used  # the fakes of a failed batch were not given out
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(faces) == 1:
+                log.warning("face could not be anonymized: out of memory even alone: %s", exc)
+                return [FalcoFace(ok=False, reason="OutOfMemoryError: out of memory even at batch 1")]
+            half = len(faces) // 2
+            log.warning("out of memory at batch %d: retrying as %d + %d faces (a smaller --batch-size avoids this)",
+                        len(faces), half, len(faces) - half)
+            return self.process(faces[:half]) + self.process(faces[half:])
         except Exception as exc:
+            self.used = used
             if len(faces) == 1:
                 log.warning("face could not be anonymized: %s: %s", type(exc).__name__, exc)
                 return [FalcoFace(ok=False, reason=f"{type(exc).__name__}: {exc}")]
+            log.warning("batch of %d faces failed (%s: %s): retrying one face at a time",
+                        len(faces), type(exc).__name__, exc)
             return [r for face in faces for r in self.process([face])]
 
     def _process(self, faces: list[AlignedFace]) -> list[FalcoFace]:

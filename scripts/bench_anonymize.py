@@ -20,7 +20,9 @@ mean / max absolute difference of the rendered images (pixels in [-1, 1]).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import sys
 import time
 from dataclasses import replace
@@ -55,7 +57,10 @@ VARIANTS: dict[str, dict] = {
     "fast": dict(amp="bf16", channels_last=True, compile="inductor"),
     "loss@256": dict(loss_resolution=256),
     "fast+loss@256": dict(amp="bf16", channels_last=True, compile="inductor", loss_resolution=256),
+    "twin-ops": {},
 }
+#: variants that differ by environment: the pure-PyTorch twins instead of the CUDA kernels
+VARIANT_ENV: dict[str, dict[str, str]] = {"twin-ops": {"FALCO_OPS": "ref"}}
 
 
 def build(res: int, device: torch.device):
@@ -99,6 +104,21 @@ def reference_loop(ws_real, ws_fake, x_real, G, id_encoder, farl, params: FalcoP
             sched.step()
         out.append(torch.cat([ws_real[i:i + 1, :start], w_train.detach(), ws_real[i:i + 1, end:]], dim=1))
     return torch.cat(out)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def sync(device: torch.device) -> None:
@@ -192,14 +212,16 @@ def main() -> None:
                 params = FalcoParams(steps=args.steps, **changes)
                 flops = step_flops(res, bs, params.loss_resolution) * args.steps
                 try:
-                    if not args.no_warmup:
-                        optimise(ws_r, ws_f, x_r, *nets, params=replace(params, steps=1))
-                    out, t, mem = timed(functools.partial(optimise, ws_r, ws_f, x_r, *nets, params=params), device)
+                    with environment(VARIANT_ENV.get(name, {})):
+                        if not args.no_warmup:
+                            optimise(ws_r, ws_f, x_r, *nets, params=replace(params, steps=1))
+                        out, t, mem = timed(functools.partial(optimise, ws_r, ws_f, x_r, *nets, params=params),
+                                            device)
                 except torch.OutOfMemoryError:
                     print(f"{res:>5} {name:<19} {bs:>5}  out of memory", flush=True)
                     torch.cuda.empty_cache()
                     continue
-                if base is None and not changes:
+                if base is None and not changes and name not in VARIANT_ENV:
                     base = out
                 dloss, dimg, dmax = accuracy(out, base, G) if base is not None else (float("nan"),) * 3
                 fps = bs / t

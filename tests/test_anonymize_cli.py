@@ -161,6 +161,36 @@ def test_failed_optimisation_falls_back_to_blur(tiny_models, bank_dir, faces_dir
         assert np.abs(real[mask].astype(int) - anon[mask]).mean() > 1.0
 
 
+def test_out_of_memory_halves_the_batch(tiny_models, bank_dir, faces_dir, tmp_path, monkeypatch, caplog):
+    import torch
+
+    import falco.falco_method as fm
+
+    real, sizes = fm.optimise, []
+
+    def limited(ws_real, *args, **kwargs):
+        sizes.append(ws_real.shape[0])
+        if ws_real.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ws_real, *args, **kwargs)
+
+    monkeypatch.setattr(fm, "optimise", limited)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_002506.jpg", src / "a.jpg")
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "b.jpg")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="falco.falco_method"):
+        run_anonymize(AnonymizeConfig(input=src, out=out, models=tiny_models, bank=bank_dir, steps=2, format="png",
+                                      batch_size=8, device="cpu", **QUIET), echo=lambda *_: None)
+    with RunManifest(out) as m:
+        faces = m.faces()
+    assert len(faces) >= 4 and all(f["status"] == "done" for f in faces)
+    assert sizes[0] >= 4 and sizes[1] == sizes[0] // 2  # halved, not dropped to one face at a time
+    assert sum(s for s in sizes if s <= 2) == len(faces)  # every face was optimised once, in a batch that fitted
+    assert "out of memory at batch" in caplog.text
+
+
 def test_corrupt_input_exits_1_and_the_rest_is_written(tiny_models, bank_dir, faces_dir, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
