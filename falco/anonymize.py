@@ -142,12 +142,13 @@ def _to_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
 def _losses(G: nn.Module, id_encoder: nn.Module, farl: nn.Module, ws: torch.Tensor, prefix: SynthesisPrefix | None,
             e_real: torch.Tensor, t_real: torch.Tensor, params: FalcoParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``ws`` and return the per-face identity and attribute losses (fp32)."""
+    # the generator's precision is per resolution (num_fp16_res), not the loss networks' autocast
+    img = G.synthesis(ws, noise_mode="const", max_resolution=params.loss_resolution, prefix=prefix,
+                      fused_modconv=params.fused_modconv, channels_last=params.channels_last,
+                      num_fp16_res=params.num_fp16_res if params.amp else 0,
+                      fp16_dtype=AMP_DTYPES[params.amp or "fp16"])
+    img = _to_channels_last(to_256(img), params.channels_last)
     with _autocast(ws.device, params.amp):
-        img = G.synthesis(ws, noise_mode="const", max_resolution=params.loss_resolution, prefix=prefix,
-                          fused_modconv=params.fused_modconv, channels_last=params.channels_last,
-                          num_fp16_res=params.num_fp16_res if params.amp else 0,
-                          fp16_dtype=AMP_DTYPES[params.amp or "fp16"])
-        img = _to_channels_last(to_256(img), params.channels_last)
         l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
         l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
     return l_id, l_attr

@@ -187,3 +187,18 @@ def test_torch_compile_gives_the_eager_result(nets):
     out = _run(nets, FalcoParams(steps=2, compile="aot_eager"))
     torch.testing.assert_close(out.ws, ref.ws, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.losses["total"], ref.losses["total"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_fp16_res, low", [(0, set()), (2, {32, 64})])
+def test_num_fp16_res_decides_the_generator_precision_under_amp(nets, num_fp16_res, low):
+    G = nets["G"]
+    seen: dict[int, torch.dtype] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.__setitem__(out.shape[-1], out.dtype))
+             for m in G.modules() if m.__class__.__name__ == "FusedLeakyReLU"]
+    try:
+        _run(nets, FalcoParams(steps=1, amp="bf16", num_fp16_res=num_fp16_res))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert {res for res, dt in seen.items() if dt == torch.bfloat16} == low
+    assert all(dt == torch.float32 for res, dt in seen.items() if res not in low)
