@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from falco.errors import InputError
+from falco.errors import InputError, RunAbortedError
 from falco.inversion import to_256
 from falco.losses import identity_margin_loss, token_l1_loss
 from falco.models.stylegan2 import SynthesisPrefix
@@ -211,7 +211,14 @@ def optimise(
     history: dict[str, list[torch.Tensor]] = {"id": [], "attr": [], "total": []}
     for _ in range(params.steps):
         ws = torch.cat([head, w_train, tail], dim=1)
-        l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
+        try:
+            l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
+        except Exception as exc:
+            if params.compile is not None and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RunAbortedError(f"--compile: torch.compile (backend {params.compile!r}) failed: {first}; "
+                                      "run without --compile") from exc
+            raise
         total = params.lambda_id * l_id + params.lambda_attr * l_attr
         opt.zero_grad(set_to_none=True)
         scaler.scale(total.sum()).backward()

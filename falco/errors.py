@@ -15,6 +15,13 @@ class InputError(FalcoError, ValueError):
     """A bad argument value (wrong shape, range, option...)."""
 
 
+class RunAbortedError(FalcoError):
+    """A failure no other input would escape (e.g. ``--compile`` cannot compile): the run stops.
+
+    What was already written stays; the next run resumes from the manifest.
+    """
+
+
 class ImageLoadError(FalcoError):
     """An image file could not be read (missing, corrupt, truncated, not an image, too big)."""
 

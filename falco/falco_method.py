@@ -22,7 +22,7 @@ import torch
 
 from falco.anonymize import FalcoParams, optimise
 from falco.baselines.base import Anonymizer, fallback
-from falco.errors import InputError
+from falco.errors import InputError, RunAbortedError
 from falco.faces.ffhq import AlignedFace
 from falco.faces.paste import paste_back
 from falco.inversion import encode, render_256, to_tensor, to_uint8
@@ -94,6 +94,9 @@ class FalcoAnonymizer(Anonymizer):
         used = set(self.used)
         try:
             return self._process(faces)
+        except RunAbortedError:
+            self.used = used
+            raise
         except torch.OutOfMemoryError as exc:
             self.used = used  # the fakes of a failed batch were not given out
             if self.device.type == "cuda":

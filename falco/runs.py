@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from falco.errors import FalcoError
+from falco.errors import FalcoError, RunAbortedError
 from falco.faces import AlignedFace, detect_and_align
 from falco.imageio import load_image
 from falco.distributed import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
@@ -160,6 +160,8 @@ class FaceRun:
         try:
             for start in range(0, len(faces), self.batch_size):
                 results.extend(process(faces[start:start + self.batch_size]))
+        except RunAbortedError:
+            raise
         except Exception as exc:
             if len(pending) > 1:  # retry photo by photo so one bad face fails only its photo
                 for photo in pending:
@@ -175,6 +177,8 @@ class FaceRun:
             offset += len(photo.faces)
             try:
                 outputs, rows = finish(photo, mine)
+            except RunAbortedError:
+                raise
             except Exception as exc:
                 self._fail(photo.item.key, f"writing outputs failed: {type(exc).__name__}: {exc}", summary)
                 bar.update(1)

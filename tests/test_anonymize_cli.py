@@ -335,3 +335,34 @@ def test_no_reuse_gives_every_face_its_own_fake(anonymized, tiny_models, bank_di
         neighbours = [f["neighbour"] for f in m.faces()]
         assert m.runs()[-1]["config"]["method_settings"]["reuse"] is False
     assert len(neighbours) >= 9 and len(set(neighbours)) == len(neighbours)
+
+
+def test_a_failing_compile_stops_the_run_with_one_line(tiny_models, bank_dir, faces_dir, tmp_path, monkeypatch):
+    """--compile that cannot compile must not turn every face into a blurred fallback."""
+    import torch
+
+    import falco.anonymize as an
+    from falco.errors import RunAbortedError
+
+    class FakeInductorError(RuntimeError):
+        pass
+
+    FakeInductorError.__module__ = "torch._inductor.exc"
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise FakeInductorError("ImportError: main.so: file too short")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(an, "_compiled_losses", {})
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(faces_dir / "2008_001322.jpg", src / "a.jpg")
+    out = tmp_path / "out"
+    with pytest.raises(RunAbortedError, match="--compile.*file too short.*without --compile"):
+        run_anonymize(AnonymizeConfig(input=src, out=out, models=tiny_models, bank=bank_dir, steps=2, format="png",
+                                      compile=True, device="cpu", **QUIET), echo=lambda *_: None)
+    with RunManifest(out) as m:
+        assert m.faces() == [] and m.input_status("a.jpg") is None  # nothing recorded as done or failed
+    assert not (out / "a.png").exists()
