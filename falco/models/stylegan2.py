@@ -458,7 +458,7 @@ class Generator(nn.Module):
                 ``fused_modconv=False``).
             num_fp16_res: Run the top ``num_fp16_res`` resolutions under autocast to
                 ``fp16_dtype`` (NVIDIA's ``num_fp16_res``; 4 for its FFHQ models); the others,
-                the RGB skip and the modulation styles stay fp32. fp16 layers clamp their
+                the RGB skip and the demodulation coefficients stay fp32. fp16 layers clamp their
                 activations to +-256 (``conv_clamp``).
 
         Shape:
