@@ -12,6 +12,7 @@ otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -419,24 +420,24 @@ class Generator(nn.Module):
         ws = self._check_synthesis_args(ws, noise_mode, None)
         if noise_mode == "random":
             raise InputError("frozen_prefix: noise_mode 'random' would freeze the noise; use 'const' or 'none'")
-        x = self.input(ws.shape[0])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        state = SynthesisPrefix(x=x, skip=None, pos=0, num_frozen_ws=0)
-        for pos, (kind, layer, idx, _res) in enumerate(self._layers()):
+        x, skip, pos, num_read = self._const_input(ws.shape[0], channels_last), None, 0, 0
+        for i, (kind, layer, idx, _res) in enumerate(self._layers()):
             if idx >= num_frozen_ws:
                 break
-            state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=not channels_last)
-            state.pos, state.num_frozen_ws = pos + 1, idx + 1
-        return state
+            x, skip = self._run_layer(x, skip, kind, layer, idx, ws, noise_mode, fused=not channels_last)
+            pos, num_read = i + 1, idx + 1
+        return SynthesisPrefix(x=x, skip=skip, pos=pos, num_frozen_ws=num_read)
 
-    def _run_layer(self, state: "SynthesisPrefix", kind: str, layer: nn.Module, idx: int, ws: torch.Tensor,
-                   noise_mode: NoiseMode, *, fused: bool) -> "SynthesisPrefix":
+    def _const_input(self, batch: int, channels_last: bool) -> torch.Tensor:
+        x = self.input(batch)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def _run_layer(self, x: torch.Tensor, skip: torch.Tensor | None, kind: str, layer: nn.Module, idx: int,
+                   ws: torch.Tensor, noise_mode: NoiseMode, *, fused: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One layer of :meth:`_layers`: a conv updates the features, a ToRGB the skip."""
         if kind == "conv":
-            x = layer(state.x, ws[:, idx], self._noise(idx, state.x, noise_mode), fused)
-            return SynthesisPrefix(x=x, skip=state.skip, pos=state.pos, num_frozen_ws=state.num_frozen_ws)
-        skip = layer(state.x, ws[:, idx], state.skip, fused)
-        return SynthesisPrefix(x=state.x, skip=skip, pos=state.pos, num_frozen_ws=state.num_frozen_ws)
+            return layer(x, ws[:, idx], self._noise(idx, x, noise_mode), fused), skip
+        return x, layer(x, ws[:, idx], skip, fused)
 
     def synthesis(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", *,
                   max_resolution: int | None = None, prefix: "SynthesisPrefix | None" = None,
@@ -467,26 +468,21 @@ class Generator(nn.Module):
         """
         ws = self._check_synthesis_args(ws, noise_mode, max_resolution)
         if prefix is None:
-            x = self.input(ws.shape[0])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            state = SynthesisPrefix(x=x, skip=None, pos=0, num_frozen_ws=0)
+            x, skip, pos = self._const_input(ws.shape[0], channels_last), None, 0
         elif prefix.x.shape[0] != ws.shape[0]:
             raise InputError(f"prefix was computed for {prefix.x.shape[0]} faces, ws has {ws.shape[0]}")
         else:
-            state = prefix
+            x, skip, pos = prefix.x, prefix.skip, prefix.pos
         fused = fused_modconv and not channels_last
         fp16_resolution = max(2 ** (self.log_size + 1 - num_fp16_res), 8) if num_fp16_res > 0 else None
-        device_type = ws.device.type
-        for kind, layer, idx, res in self._layers()[state.pos:]:
+        for kind, layer, idx, res in self._layers()[pos:]:
             if max_resolution is not None and res > max_resolution:
                 break
-            if fp16_resolution is None:  # a caller's autocast, if any, applies as it is
-                state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=fused)
-                continue
-            with torch.autocast(device_type, dtype=fp16_dtype, enabled=res >= fp16_resolution):
-                state = self._run_layer(state, kind, layer, idx, ws, noise_mode, fused=fused)
-        return state.skip
+            precision = (contextlib.nullcontext() if fp16_resolution is None  # a caller's autocast applies as it is
+                         else torch.autocast(ws.device.type, dtype=fp16_dtype, enabled=res >= fp16_resolution))
+            with precision:
+                x, skip = self._run_layer(x, skip, kind, layer, idx, ws, noise_mode, fused=fused)
+        return skip
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> torch.Tensor:
         """z -> image. Shape: z ``[B, z_dim]`` -> ``[B, 3, H, W]``."""
