@@ -91,14 +91,11 @@ class FalcoAnonymizer(Anonymizer):
     def process(self, faces: list[AlignedFace]) -> list[FalcoFace]:
         if not faces:
             return []
-        used = set(self.used)
         try:
             return self._process(faces)
         except RunAbortedError:
-            self.used = used
             raise
         except torch.OutOfMemoryError as exc:
-            self.used = used  # the fakes of a failed batch were not given out
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(faces) == 1:
@@ -109,7 +106,6 @@ class FalcoAnonymizer(Anonymizer):
                         len(faces), half, len(faces) - half)
             return self.process(faces[:half]) + self.process(faces[half:])
         except Exception as exc:
-            self.used = used
             if len(faces) == 1:
                 log.warning("face could not be anonymized: %s: %s", type(exc).__name__, exc)
                 return [FalcoFace(ok=False, reason=f"{type(exc).__name__}: {exc}")]
@@ -129,6 +125,8 @@ class FalcoAnonymizer(Anonymizer):
         result = optimise(ws_real, ws_fake, x_real, G, self.id_encoder, self.farl, params=self.params)
         if not torch.isfinite(result.ws).all():
             raise FloatingPointError("the optimisation diverged (non-finite W+ code)")
+        if not self.reuse:  # given out only now: the fakes of a failed batch stay free
+            self.used.update(int(i) for i in idx)
         with torch.no_grad():
             crops = to_uint8(G.synthesis(result.ws, noise_mode="const"))
             previews = {}
@@ -158,23 +156,24 @@ class FalcoAnonymizer(Anonymizer):
         return paste_back(photo, face, res.crop) if res.ok else None
 
     def _pair(self, feats: np.ndarray) -> np.ndarray:
-        """The bank index of each face's fake (see ``reuse``)."""
+        """The bank index of each face's fake (see ``reuse``); :meth:`_process` marks them used on success."""
         if self.reuse:
             return np.asarray(self.bank.pair(feats)).reshape(-1)
         if len(self.used) + len(feats) > len(self.bank):
             raise InputError(f"--no-reuse: the bank has {len(self.bank)} fakes and {len(self.used)} are taken; "
                              "build a larger bank")
         out = []
+        taken = set(self.used)
         k = min(len(self.bank), 16)
         for q in feats:
             while True:
                 cand = self.bank.search(q[None], k=k)[0][0]
-                free = [int(c) for c in cand if int(c) >= 0 and int(c) not in self.used]
+                free = [int(c) for c in cand if int(c) >= 0 and int(c) not in taken]
                 if free or k >= len(self.bank):
                     break
                 k = min(len(self.bank), k * 4)
-            pick = free[0] if free else next(i for i in range(len(self.bank)) if i not in self.used)
-            self.used.add(pick)
+            pick = free[0] if free else next(i for i in range(len(self.bank)) if i not in taken)
+            taken.add(pick)
             out.append(pick)
         return np.asarray(out, dtype=np.int64)
 

@@ -22,7 +22,6 @@ from falco.faces.ffhq import AlignedFace
 from falco.faces.paste import photo_mask
 from falco.imageio import load_image
 from falco.manifest import RunManifest
-from falco.pretrained.tiny import write_tiny_model_set
 from tests.conftest import shared_path, wait_for_inputs
 
 FACES = 67
@@ -31,13 +30,6 @@ QUIET = dict(progress=False)
 
 def falco_cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "falco", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_model_set(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +174,21 @@ def test_out_of_memory_halves_the_batch(tiny_models, bank_dir, faces_dir, tmp_pa
     out = tmp_path / "out"
     with caplog.at_level("WARNING", logger="falco.falco_method"):
         run_anonymize(AnonymizeConfig(input=src, out=out, models=tiny_models, bank=bank_dir, steps=2, format="png",
-                                      batch_size=8, device="cpu", **QUIET), echo=lambda *_: None)
+                                      batch_size=8, reuse=False, device="cpu", **QUIET), echo=lambda *_: None)
     with RunManifest(out) as m:
         faces = m.faces()
     assert len(faces) >= 4 and all(f["status"] == "done" for f in faces)
     assert sizes[0] >= 4 and sizes[1] == sizes[0] // 2  # halved, not dropped to one face at a time
     assert sum(s for s in sizes if s <= 2) == len(faces)  # every face was optimised once, in a batch that fitted
     assert "out of memory at batch" in caplog.text
+    # --no-reuse: the fakes picked for the failed batches were not given out, so every face got
+    # the same fake as in a run whose batches never failed
+    small = tmp_path / "small"
+    run_anonymize(AnonymizeConfig(input=src, out=small, models=tiny_models, bank=bank_dir, steps=2, format="png",
+                                  batch_size=2, reuse=False, device="cpu", **QUIET), echo=lambda *_: None)
+    with RunManifest(small) as m:
+        expected = {(f["source"], f["face_index"]): f["neighbour"] for f in m.faces()}
+    assert {(f["source"], f["face_index"]): f["neighbour"] for f in faces} == expected
 
 
 def test_corrupt_input_exits_1_and_the_rest_is_written(tiny_models, bank_dir, faces_dir, tmp_path):
