@@ -47,6 +47,30 @@ def synth_module():
     return module
 
 
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as module ``name`` (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """One tiny random model set (``falco models tiny``) for the tests that only read it."""
+    from falco.pretrained.tiny import write_tiny_model_set
+
+    d = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_model_set(d)
+    return d
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     import torch

@@ -9,13 +9,11 @@ from falco.anonymize import FalcoParams, mix_codes, optimise
 from falco.errors import InputError
 from falco.inversion import encode, render_256
 from falco.models.zoo import load_role
-from falco.pretrained.tiny import write_tiny_model_set
 
 
 @pytest.fixture(scope="module")
-def nets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_tiny_model_set(d)
+def nets(tiny_models):
+    d = tiny_models
     G = load_role("generator", d)
     E, latent_avg = load_role("encoder", d)
     return dict(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", d), farl=load_role("attributes", d))

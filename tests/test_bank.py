@@ -26,7 +26,6 @@ from falco.bank import (
 from falco.errors import InputError, ModelNotFoundError
 from falco.features import ClipExtractor, embed_faces, load_extractor
 from falco.models.zoo import load_role
-from falco.pretrained.tiny import write_tiny_model_set
 
 NUM, CHUNK, BATCH, PSI, SEED = 40, 16, 8, 0.7, 3  # chunks of 16, 16, 8; two batches per full chunk
 
@@ -44,10 +43,8 @@ def digest(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("models")
-    write_tiny_model_set(d)
-    return d
+def models(tiny_models) -> Path:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

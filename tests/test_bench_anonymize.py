@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from falco.anonymize import FalcoParams, optimise
 from falco.models.zoo import load_role
-from falco.pretrained.tiny import write_tiny_model_set
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_anonymize.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_anonymize", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_anonymize")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    write_tiny_model_set(d)
-    return load_role("generator", d), load_role("identity", d), load_role("attributes", d)
+def tiny(tiny_models):
+    return load_role("generator", tiny_models), load_role("identity", tiny_models), load_role("attributes", tiny_models)
 
 
 def test_reference_loop_is_the_same_optimisation_as_falco(bench, tiny):

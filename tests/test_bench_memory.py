@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,20 +11,9 @@ from falco.anonymize import FalcoParams
 from falco.models.arcface import tiny_arcface
 from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
 from falco.models.stylegan2 import Generator
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_memory = _load_script()
+bench_memory = load_script("bench_memory")
 
 
 def tiny_networks():
