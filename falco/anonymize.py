@@ -14,7 +14,9 @@ embeddings and FaRL tokens are computed once, not at every step.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,7 +26,24 @@ from falco.inversion import to_256
 from falco.losses import identity_margin_loss, token_l1_loss
 from falco.models.stylegan2 import SynthesisPrefix
 
-__all__ = ["FalcoParams", "OptimResult", "mix_codes", "optimise"]
+__all__ = ["FalcoParams", "OptimResult", "mix_codes", "optimise", "step_callback"]
+
+StepCallback = Callable[[int, int], None]
+_STEP_CALLBACK: contextvars.ContextVar[StepCallback | None] = contextvars.ContextVar("falco_step_callback",
+                                                                                    default=None)
+
+
+@contextlib.contextmanager
+def step_callback(fn: StepCallback | None) -> Iterator[None]:
+    """Within the block, :func:`optimise` calls ``fn(step, steps)`` after each step unless given ``on_step``.
+
+    Lets a command follow the steps of optimisations it starts through an anonymizer (progress bars).
+    """
+    token = _STEP_CALLBACK.set(fn)
+    try:
+        yield
+    finally:
+        _STEP_CALLBACK.reset(token)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -174,6 +193,7 @@ def optimise(
     farl: nn.Module,
     *,
     params: FalcoParams = FalcoParams(),
+    on_step: StepCallback | None = None,
 ) -> OptimResult:
     """Optimise the fake neighbours' middle layers so each face keeps its attributes but not its identity.
 
@@ -183,6 +203,8 @@ def optimise(
         x_real: The aligned real crops that were inverted, in [-1, 1] (256 px).
         G: The generator; ``id_encoder``: ArcFace; ``farl``: FaRL encoder with ``tokens(x)``.
         params: Hyperparameters (paper defaults) and speed switches.
+        on_step: Called as ``on_step(step, steps)`` after each step (1-based), e.g. for a progress
+            bar; default: the one set by :func:`step_callback`, if any.
 
     Shape:
         ``ws_*``: ``[B, num_ws, w_dim]``; ``x_real``: ``[B, 3, 256, 256]`` -> ``OptimResult.ws`` like ``ws_real``.
@@ -203,13 +225,16 @@ def optimise(
         with torch.no_grad():
             prefix = G.frozen_prefix(ws_real, start, channels_last=params.channels_last)
     opt = torch.optim.Adam([w_train], lr=params.lr)
-    milestones = sorted({int(round(f * params.steps)) for f in params.lr_milestones})
+    # the reference's rule: int(0.75 * steps), int(0.9 * steps) (37 and 45 of 50; round() would give 38)
+    milestones = sorted({int(f * params.steps) for f in params.lr_milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
     # fp16 gradients would underflow unscaled; 2**10 (not 2**16) so that no early step is skipped
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=params.amp == "fp16")
     losses_fn = _loss_fn(params)
     history: dict[str, list[torch.Tensor]] = {"id": [], "attr": [], "total": []}
-    for _ in range(params.steps):
+    if on_step is None:
+        on_step = _STEP_CALLBACK.get()
+    for step in range(params.steps):
         ws = torch.cat([head, w_train, tail], dim=1)
         try:
             l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
@@ -227,6 +252,8 @@ def optimise(
         sched.step()
         for key, value in (("id", l_id), ("attr", l_attr), ("total", total)):
             history[key].append(value.detach().float().cpu())
+        if on_step is not None:
+            on_step(step + 1, params.steps)
     ws = torch.cat([head, w_train.detach(), tail], dim=1)
     losses = {k: torch.stack(v) if v else torch.empty(0, ws.shape[0]) for k, v in history.items()}
     return OptimResult(ws=ws, losses=losses)

@@ -1,7 +1,8 @@
 """The ``falco`` command line: a thin Typer shell over the library.
 
 Each command parses its options, builds a config and calls a library function. Errors that
-falco raises on purpose (``FalcoError``) are printed as one line and exit with status 2.
+falco raises on purpose (``FalcoError``) are printed as one line and exit with status 2;
+Ctrl-C prints one line and exits 130 (re-running the command resumes).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from typing import Optional
 import typer
 
 from falco import __version__
+from falco.cli_options import APP_SETTINGS, Command, device_option, input_argument, max_pixels_option, models_option
 from falco.errors import FalcoError, InputError
 
 app = typer.Typer(
     name="falco",
     help="Attribute-preserving face anonymization (FALCO, CVPR 2023) for photos and face datasets.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    **APP_SETTINGS,
 )
+
+#: Exit status of a run stopped with Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; re-run the same command to resume"
 
 
 def _version_callback(value: bool) -> None:
@@ -39,7 +43,7 @@ def _root(
     """falco: replace every face by a person who does not exist, keeping the attributes."""
 
 
-@app.command("env")
+@app.command("env", cls=Command)
 def env_command() -> None:
     """Print the platform, library versions, CUDA and op-build status."""
     from falco.env import collect_env, format_env
@@ -55,20 +59,22 @@ from falco.commands.bank import bank_app  # noqa: E402
 
 app.add_typer(bank_app, name="bank", help="Build and inspect fake banks (fakes + features + FAISS index) for pairing.")
 
-MODELS_OPTION = typer.Option(None, "--models", help="Model set directory (default: $FALCO_HOME/models).")
+MODELS_OPTION = models_option()
+DEVICE_OPTION = device_option()
 
 
-@app.command("invert")
+@app.command("invert", cls=Command)
 def invert_command(
-    input: Path = typer.Argument(..., help="A photo, a folder (recursive) or a text file of paths."),
+    input: Path = input_argument(),
     out: Path = typer.Option(..., "--out", help="Output directory (resumable)."),
     models: Optional[Path] = MODELS_OPTION,
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces per encoder batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = DEVICE_OPTION,
     refine_steps: int = typer.Option(0, "--refine-steps", min=0, help="Latent refinement steps after e4e (0 = off)."),
     detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     seed: int = typer.Option(0, "--seed"),
+    max_pixels: int = max_pixels_option(),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Invert every face of INPUT into W+ codes (e4e), with aligned crops and a run manifest."""
@@ -77,12 +83,12 @@ def invert_command(
 
     cfg = InvertConfig(input=input, out=out, models=models, batch_size=batch_size, device=device,
                        refine_steps=refine_steps, detector=detector, upsample=upsample, seed=seed,
-                       progress=not no_progress)
+                       max_pixels=max_pixels, progress=not no_progress)
     summary = run_invert(cfg, echo=lambda msg: typer.echo(msg, err=True))
     _finish(summary)
 
 
-@app.command("eval-attributes")
+@app.command("eval-attributes", cls=Command)
 def eval_attributes_command(
     real: Path = typer.Option(..., "--real", help="Folder of the original photos."),
     anon: list[Path] = typer.Option(..., "--anon", help="Folder of anonymized photos (same relative paths); repeat to compare runs."),
@@ -90,14 +96,15 @@ def eval_attributes_command(
     pairs: Optional[list[Path]] = typer.Option(None, "--pairs", help="Run manifest to pair faces by (once, or once per --anon)."),
     name: Optional[list[str]] = typer.Option(None, "--name", help="Run name, once per --anon (default: folder name)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of attribute labels (source[,face_index],attr...)."),
-    detectors: str = typer.Option("hog,cnn,mtcnn", "--detectors", help="Detection-rate detectors: hog, cnn[:UPSAMPLE], mtcnn."),
+    detectors: str = typer.Option("hog,cnn:0,mtcnn", "--detectors", help="Detection-rate detectors: hog, cnn[:UPSAMPLE], mtcnn (default: the CNN without upsampling)."),
     recognizers: str = typer.Option("dlib,arcface", "--recognizers", help="Re-identification: dlib (offline), arcface."),
     classifiers: str = typer.Option("landmarks,farl-celeba", "--classifiers", help="Attributes: landmarks, farl-celeba."),
     upsample: int = typer.Option(1, "--upsample", min=0, max=4, help="dlib upsampling (reference detector, hog, cnn)."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip FID/KID."),
     examples: int = typer.Option(8, "--examples", min=0, help="Example pairs per run in report.html (0: no real faces)."),
     models: Optional[Path] = MODELS_OPTION,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = DEVICE_OPTION,
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bars."),
 ) -> None:
     """Measure detection, re-identification, attribute preservation and quality of anonymized photos."""
     from falco.commands.eval_attributes import run_eval_attributes
@@ -108,13 +115,14 @@ def eval_attributes_command(
 
     cfg = EvalConfig(real=real, anon=tuple(anon), names=tuple(name or ()), pairs=tuple(pairs or ()), labels=labels,
                      detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
-                     upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device)
+                     upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device,
+                     progress=not no_progress)
     run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))
 
 
-@app.command("anonymize")
+@app.command("anonymize", cls=Command)
 def anonymize_command(
-    input: Path = typer.Argument(..., help="A photo, a folder (recursive) or a text file of paths."),
+    input: Path = input_argument(),
     out: Path = typer.Option(..., "--out", help="Output directory (resumable; never inside INPUT)."),
     method: str = typer.Option("falco", "--method", help="falco, blur, pixelate, mask, ciagan or deepprivacy."),
     m: float = typer.Option(0.0, "--m", min=0.0, max=1.0, help="Identity margin m of |cos - m| (paper: 0.0)."),
@@ -124,7 +132,7 @@ def anonymize_command(
     bank_size: int = typer.Option(2000, "--bank-size", min=1, help="Fakes in the bank built when --bank is not given."),
     no_reuse: bool = typer.Option(False, "--no-reuse", help="Give every face a different fake (the nearest unused one)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces optimised together."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = DEVICE_OPTION,
     seed: int = typer.Option(0, "--seed"),
     format: Optional[str] = typer.Option(None, "--format", help="png, jpeg or webp (default: the input's format)."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
@@ -149,6 +157,7 @@ def anonymize_command(
     keep_identity: Optional[list[Path]] = typer.Option(None, "--keep-identity", help="Photo of a consenting person whose faces are left as they are (repeatable)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <photo>.json with each face's provenance."),
     export_detections: Optional[str] = typer.Option(None, "--export-detections", help="coco: write detections_coco.json (boxes, RLE masks)."),
+    max_pixels: int = max_pixels_option(),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
@@ -172,18 +181,18 @@ def anonymize_command(
                           format=format.lower() if format else None, quality=quality, on_fail=on_fail,
                           save_crops=save_crops, detector=detector, upsample=upsample, method_options=options,
                           guard=guard, keep_identity=tuple(keep_identity or ()), sidecar=sidecar,
-                          export_detections=export_detections, progress=not no_progress)
+                          export_detections=export_detections, max_pixels=max_pixels, progress=not no_progress)
     summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
     _finish(summary)
 
 
-@app.command("demo")
+@app.command("demo", cls=Command)
 def demo_command(
     out: Path = typer.Option(Path("falco-demo"), "--out", help="Where to write the demo (HTML page + outputs)."),
     models: Optional[Path] = MODELS_OPTION,
     steps: int = typer.Option(50, "--steps", min=0, help="Optimisation steps."),
     bank_size: int = typer.Option(500, "--bank-size", min=1, help="Fakes in the demo's bank."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = DEVICE_OPTION,
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
 ) -> None:
     """Anonymize a public-domain photo end to end and write an HTML page of every step."""
@@ -200,21 +209,29 @@ def _modconv(value: str) -> bool:
 
 
 def _finish(summary) -> None:
-    """Print the run summary; exit 1 when any input failed (listing them)."""
+    """Print the run summary; exit 1 when any input failed (each was reported when it failed)."""
     typer.echo(summary.line())
-    for key, reason in summary.failed:
-        typer.echo(f"failed: {key}: {reason}", err=True)
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} input(s) failed (reasons above; `SELECT source, reason FROM inputs "
+                   "WHERE status = 'failed'` in manifest.sqlite); re-running retries them", err=True)
     if summary.failed or getattr(summary, "unsafe", 0):
         raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the Typer app, turning FalcoError into a one-line error."""
+    """Console-script entry point: one line for a FalcoError (exit 2) or Ctrl-C (exit 130)."""
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=argv, prog_name="falco", standalone_mode=True)
     except FalcoError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside the command's own handling (e.g. while importing)
+        typer.echo(INTERRUPTED, err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into exit 130, silently; no command exits 130
+            typer.echo(INTERRUPTED, err=True)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ class InvertConfig:
     upsample: int = 1
     align_size: int = 256
     seed: int = 0
+    max_pixels: int = 150_000_000  # falco.imageio.DEFAULT_MAX_PIXELS
     progress: bool = True
 
 
@@ -67,6 +68,7 @@ class AnonymizeConfig:
     keep_identity: tuple[Path, ...] = ()
     sidecar: bool = False
     export_detections: str | None = None
+    max_pixels: int = 150_000_000  # falco.imageio.DEFAULT_MAX_PIXELS
     progress: bool = True
 
 

@@ -10,6 +10,16 @@ bank built on the fly) while the others wait at a barrier; nothing else is excha
 For clusters without torchrun, any launcher that sets ``RANK`` and ``WORLD_SIZE`` works (a
 Slurm array sets them from ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, see the README):
 the tasks then run without a process group, so shared state (the bank) must exist beforehand.
+
+Reproducibility: sharding changes which faces share a batch (a rank gathers its batches from
+every N-th photo), and torchrun starts each worker with ``OMP_NUM_THREADS=1`` unless it is set.
+Kernels round differently for other batch sizes and thread counts, and Adam turns that
+rounding into steps of up to about the learning rate in the code components whose gradient is
+near zero. So on the same machine and software a sharded run equals a single process bit for
+bit only with the same batches and thread count (on CPU: ``--batch-size 1`` and a fixed
+``OMP_NUM_THREADS``, as tests/test_anonymize_cli.py checks); otherwise a few code components
+differ, by up to ~2·lr per step (a step taken the other way). A resumed rank owns the
+same photos (shards are taken from all inputs, finished or not).
 """
 
 from __future__ import annotations

@@ -50,6 +50,15 @@ def _covers(box: Sequence[float], others: Sequence[Sequence[float]], min_iou: fl
     return any(_iou(box, o) >= min_iou or (o[0] <= cx <= o[2] and o[1] <= cy <= o[3]) for o in others)
 
 
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _stage(step: str, checks: Sequence["IdentityCheck"]) -> dict:
+    """One step of a face's trail through the guard: its scores and whether it still matched."""
+    return {"step": step, "identity": {c.name: c.score for c in checks}, "same": any(c.same for c in checks)}
+
+
 @dataclass
 class IdentityCheck:
     """One recogniser's verdict on an (original, output) face pair."""
@@ -118,16 +127,51 @@ class PrivacyGuard:
         detect: ``photo -> list of AlignedFace`` for the second detection pass.
         last_resort: ``(photo, face) -> photo`` for a face the fallback did not hide (a solid mask).
         min_iou: Overlap under which an output detection counts as a new face.
+        fallback_name: What ``fallback`` does (``'blur'``...), recorded as a face's ``covered_by``.
+
+    Each verdict records ``identity`` (the last check's scores), ``trail`` (every step: the
+    method's output, the re-do, each cover, with its scores and whether it still matched),
+    ``covered_by`` (``fallback_name`` or ``'mask'``; ``last_resort`` True for the latter) and,
+    unless the face was safe, ``why`` (the trail in words).
     """
 
     def __init__(self, mode: str, recognizers: Recognizers, fallback: Callable[[np.ndarray, AlignedFace], np.ndarray],
                  detect: Callable[[np.ndarray], list[AlignedFace]], *,
                  last_resort: Callable[[np.ndarray, AlignedFace], np.ndarray] | None = None,
-                 min_iou: float = 0.3) -> None:
+                 min_iou: float = 0.3, fallback_name: str | None = None) -> None:
         if mode not in MODES:
             raise InputError(f"--guard must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.recognizers, self.fallback, self.detect, self.min_iou = mode, recognizers, fallback, detect, min_iou
         self.last_resort = last_resort
+        self.fallback_name = fallback_name
+
+    def _rule(self, name: str) -> str:
+        """How recogniser ``name``'s score reads, e.g. ``'distance, same person below 0.6'``."""
+        if name == "dlib":
+            return f"distance, same person below {self.recognizers.dlib.threshold:g}"
+        rec = getattr(self.recognizers, name, None)
+        threshold = getattr(rec, "threshold", None)
+        return f"cosine similarity, same person at or above {threshold:g}" if threshold is not None else "score"
+
+    def explain(self, entry: dict) -> str:
+        """One readable sentence per step of ``entry["trail"]``: why the face was re-done or covered."""
+        names = {"method": "the method's output", "redo": "re-done with a stronger identity weight",
+                 "mask": "covered by a solid mask", "blur": "covered by blur", "pixelate": "covered by pixelation",
+                 "fallback": "covered by the fallback"}
+        parts = []
+        for stage in entry.get("trail", []):
+            step = stage["step"]
+            what = names.get(step, f"covered by {step}")
+            scores = ", ".join(f"{k} {_fmt(v)} ({self._rule(k)})" for k, v in stage["identity"].items())
+            if stage["same"]:
+                verdict = "still recognised as the same person" if step != "method" else "recognised as the same person"
+            else:
+                verdict = "no longer recognised"
+            parts.append(f"{what}: {verdict} [{scores}]")
+        if entry.get("last_resort"):
+            parts.append("no pixel of the face region is left; a remaining match comes from the surroundings "
+                         "the recogniser also sees (typical of a false detection)")
+        return "; ".join(parts)
 
     @property
     def active(self) -> bool:
@@ -160,10 +204,12 @@ class PrivacyGuard:
             checks = first[i]
             same = any(c.same for c in checks)
             verdict = "safe"
+            trail = [_stage("method", checks)]
             if same and redo is not None:
                 redone = redo(photo, i)
                 if redone is not None:
                     same, checks = self._matches(original, redone, face)
+                    trail.append(_stage("redo", checks))
                     photo = redone if not same else photo
                     verdict = "redone" if not same else verdict
             covered_by = None
@@ -173,15 +219,21 @@ class PrivacyGuard:
                 photo = cover(photo, face)
                 same, checks = self._matches(original, photo, face)
                 covered_by = name
+                trail.append(_stage("mask" if name == "last_resort" else (self.fallback_name or "fallback"), checks))
             if covered_by == "last_resort":
                 # No pixel of the region is left: a remaining "match" comes from the surroundings
                 # the recogniser's chip also sees (typical of a false detection), not from the face.
                 verdict = "fallback"
             elif covered_by is not None:
                 verdict = "unsafe" if same else "fallback"
-            entry = {"verdict": verdict, "identity": {c.name: c.score for c in checks}}
+            entry = {"verdict": verdict, "identity": {c.name: c.score for c in checks}, "trail": trail}
             if covered_by == "last_resort":
                 entry["covered_by"] = "mask"
+                entry["last_resort"] = True
+            elif covered_by == "fallback" and self.fallback_name is not None:
+                entry["covered_by"] = self.fallback_name
+            if verdict != "safe":
+                entry["why"] = self.explain(entry)
             result.verdicts.append(entry)
         known = [f.box for f in faces] + [f.box for f in kept]
         for extra in self.detect(photo):
@@ -190,6 +242,7 @@ class PrivacyGuard:
             photo = self.fallback(photo, extra)
             known.append(extra.box)
             result.missed.append({"verdict": "missed", "box": list(extra.box), "landmarks": extra.landmarks.tolist(),
-                                  "quad": extra.quad.tolist(), "method": "guard-fallback"})
+                                  "quad": extra.quad.tolist(), "method": "guard-fallback",
+                                  "covered_by": self.fallback_name})
         result.photo = photo
         return result

@@ -171,7 +171,7 @@ def _check_size(path: Path, size: tuple[int, int], max_pixels: int | None) -> No
         raise ImageLoadError(
             path,
             f"image too large: {width}x{height} = {width * height:,} pixels exceeds "
-            f"max_pixels={max_pixels:,} (raise max_pixels if the file is genuine)",
+            f"max_pixels={max_pixels:,} (pass --max-pixels N if the file is genuine)",
         )
 
 

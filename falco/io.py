@@ -30,15 +30,26 @@ class InputItem:
     key: str
 
 
-def safe_key(path_text: str) -> str:
-    """A key for a list-file line that stays inside the output folder (no root, no ``..``)."""
-    parts = [("__" if part == ".." else part) for part in Path(path_text).parts
-             if part not in ("/", "\\", ".") and not part.endswith(":\\")]
-    return "/".join(parts) or "input"
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as a user would type it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _common_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every path (the paths are absolute)."""
+    return Path(os.path.commonpath([p.parent for p in paths])) if paths else Path("/")
 
 
 def discover_inputs(input_path: str | Path) -> list[InputItem]:
     """List the photos of an INPUT (photo, folder or list file), sorted by key.
+
+    A list file's lines are relative to the list file (or absolute); their keys are their
+    paths relative to the deepest folder holding all of them, so ``/data/a/x.jpg`` and
+    ``/data/b/y.jpg`` become ``a/x.jpg`` and ``b/y.jpg``.
 
     Raises:
         InputError: the path does not exist, or a folder/list holds no image.
@@ -50,14 +61,15 @@ def discover_inputs(input_path: str | Path) -> list[InputItem]:
         items = [InputItem(p.resolve(), p.relative_to(root).as_posix())
                  for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     elif root.suffix.lower() in LIST_SUFFIXES:
-        items = []
+        paths = []
         for line in root.read_text().splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            p = Path(line)
-            p = p if p.is_absolute() else (root.parent / p)
-            items.append(InputItem(p.resolve(), safe_key(line)))
+            p = Path(line).expanduser()
+            paths.append((p if p.is_absolute() else root.parent / p).resolve())
+        common = _common_root(paths)
+        items = [InputItem(p, p.relative_to(common).as_posix()) for p in paths]
     else:
         items = [InputItem(root.resolve(), root.name)]
     if not items:
@@ -69,13 +81,44 @@ def discover_inputs(input_path: str | Path) -> list[InputItem]:
 
 
 def check_output_dir(out_dir: str | Path, input_path: str | Path) -> Path:
-    """Refuse an output directory inside the input folder (or equal to it)."""
+    """Refuse an output directory inside the input folder (or equal to it), or one that cannot be written."""
+    check_writable_dir(out_dir)
     out = Path(out_dir).resolve()
     src = Path(input_path).resolve()
     src_dir = src if src.is_dir() else src.parent
     if src.is_dir() and (out == src_dir or src_dir in out.parents):
         raise InputError(f"--out {str(out_dir)!r} is inside INPUT {str(input_path)!r}: choose a folder outside it")
     return out
+
+
+def check_writable_dir(out_dir: str | Path, option: str = "--out") -> None:
+    """Fail early, with one line, when ``out_dir`` cannot be created or written.
+
+    Creates what is missing and a probe file, then removes both: nothing is left behind.
+
+    Raises:
+        InputError: naming ``option`` and the folder, with the system's reason.
+    """
+    out = Path(out_dir)
+    made: list[Path] = []
+    try:
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir()
+            made.append(p)
+        if not out.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".falco-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{option} {str(out_dir)!r} cannot be written: {exc.strerror or exc}") from None
+    finally:
+        for p in reversed(made):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 @contextmanager
@@ -127,7 +170,7 @@ def load_tensors(path: str | Path) -> dict:
     return load(Path(path).read_bytes())
 
 
-__all__ = ["InputItem", "discover_inputs", "check_output_dir", "atomic_path", "atomic_write_bytes",
+__all__ = ["InputItem", "discover_inputs", "display_path", "check_writable_dir", "check_output_dir", "atomic_path", "atomic_write_bytes",
            "save_tensors", "load_tensors", "load_image", "save_image"]
 
 
@@ -156,22 +199,59 @@ def remove_stale_temps(out_dir: str | Path, older_than: float | None = None) -> 
 def lock_output_dir(out_dir: str | Path, name: str = ".falco.lock") -> Iterator[Path]:
     """Hold an exclusive lock on ``out_dir`` for one run (a second run on it fails at once).
 
-    Ranks of one torchrun job each take their own lock ``name``.
+    Ranks of one torchrun job each take their own lock ``name``. The lock file is removed
+    when the run ends, however it ends; a folder this call created is removed too when the
+    run left nothing in it (a run that failed before writing anything).
 
     Raises:
-        InputError: another falco process is writing to ``out_dir``.
+        InputError: ``out_dir`` cannot be created or written, or another falco process is
+            writing to it.
     """
     import fcntl
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     path = out / name
-    with open(path, "a+") as f:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = _take_lock(path)
+    except OSError as exc:
+        raise InputError(f"--out {str(out)!r} cannot be written: {exc.strerror or exc}") from None
+    if f is None:
+        raise InputError(f"--out {str(out)!r} is in use by another falco run (lock {path})")
+    try:
+        yield out
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a newcomer makes a new file, never takes this one
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+        if created:
+            try:
+                out.rmdir()  # only if the run left it empty
+            except OSError:
+                pass
+
+
+def _take_lock(path: Path):
+    """Open and lock ``path``; None when another process holds it."""
+    import fcntl
+
+    for _ in range(5):
+        f = open(path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"--out {str(out)!r} is in use by another falco run (lock {path})") from None
-        try:
-            yield out
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
+            return None
+        if _same_file(f, path):
+            return f
+        f.close()  # the last holder removed the file between our open and our lock: take the new one
+    return None
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return os.fstat(f.fileno()).st_ino == st.st_ino

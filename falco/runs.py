@@ -25,12 +25,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from falco.errors import FalcoError, RunAbortedError
+from falco.errors import FalcoError, ImageLoadError, RunAbortedError
 from falco.faces import AlignedFace, detect_and_align
 from falco.imageio import load_image
 from falco.distributed import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
                                shard_items)
-from falco.io import InputItem, atomic_path, lock_output_dir, remove_stale_temps
+from falco.imageio import DEFAULT_MAX_PIXELS
+from falco.io import InputItem, atomic_path, display_path, lock_output_dir, remove_stale_temps
 from falco.manifest import RunManifest
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,15 @@ class FaceRun:
         upsample: dlib upsampling for detection.
         align_size: Side of the aligned crops.
         batch_size: Faces per ``process`` call.
-        progress: Show a progress bar with ETA.
+        progress: Show progress bars with ETA (on stderr): photos, with the faces found and
+            processed so far in its postfix, and, while an optimisation runs (see :meth:`on_step`),
+            a second bar with the current batch's steps. False: no bar at all.
     """
 
     def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = "hog",
                  upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
-                 select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None) -> None:
+                 select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.items = list(items)
         self.manifest = manifest
         self.detector = detector
@@ -101,6 +105,34 @@ class FaceRun:
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.select = select
+        self.max_pixels = max_pixels
+        self._paths = {item.key: item.path for item in self.items}
+        self._bar: Any = None        # the photo bar of the run in progress
+        self._step_bar: Any = None   # the optimisation-step bar, made at the first step
+        self._step_desc = ""         # what it shows: the batch it counts the steps of
+        self._batch: tuple[int, int] | None = None  # (i, n): process() is on batch i of n of this group
+        self._found = 0              # faces detected so far
+        self._processed = 0          # faces through process() so far
+
+    def on_step(self, step: int, steps: int) -> None:
+        """Advance the step bar to ``step`` of ``steps`` of the current batch's optimisation (no-op without progress)."""
+        if not self.progress:
+            return
+        desc = f"batch {self._batch[0]}/{self._batch[1]}" if self._batch else "optimising"
+        if self._step_bar is None:
+            self._step_bar = tqdm(total=steps, desc=desc, unit="step", position=1, leave=False, dynamic_ncols=True)
+        bar = self._step_bar
+        if step < bar.n or bar.total != steps or self._step_desc != desc:  # a new optimisation
+            bar.reset(total=steps)
+            bar.set_description(desc, refresh=False)
+        self._step_desc = desc
+        bar.update(step - bar.n)
+        if step == steps:  # show the end of each batch, however fast it went (tqdm skips updates < 0.1 s apart)
+            bar.refresh()
+
+    def _postfix(self, summary: RunSummary) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(faces=f"{self._processed}/{self._found}", failed=len(summary.failed))
 
     def run(self, process: Callable[[list[AlignedFace]], list[Any]],
             finish: Callable[[Photo, list[Any]], tuple[dict, list[dict]]]) -> RunSummary:
@@ -111,6 +143,7 @@ class FaceRun:
         summary.skipped = len(self.items) - len(todo)
         bar = tqdm(total=len(self.items), initial=summary.skipped, unit="photo", disable=not self.progress,
                    dynamic_ncols=True)
+        self._bar, self._found, self._processed = bar, 0, 0
         pending: list[Photo] = []
         try:
             for item in todo:
@@ -118,24 +151,36 @@ class FaceRun:
                 if photo is None:
                     bar.update(1)
                     continue
+                self._found += len(photo.faces)
+                self._postfix(summary)
                 pending.append(photo)
                 if sum(len(p.faces) for p in pending) >= self.batch_size:
                     self._flush(pending, process, finish, summary, bar)
                     pending = []
             self._flush(pending, process, finish, summary, bar)
         finally:
+            if self._step_bar is not None:
+                self._step_bar.close()
             bar.close()
+            self._bar = self._step_bar = None
         return summary
 
     def _fail(self, key: str, reason: str, summary: RunSummary) -> None:
-        log.error("%s: %s", key, reason)
+        """Record one failed input (the manifest's reason names the file) and say so on one line,
+        with the path as the user would type it."""
+        path = self._paths.get(key)
+        log.error("failed: %s: %s", display_path(path) if path else key, reason)
         summary.failed.append((key, reason))
-        self.manifest.record_input(key, "failed", reason=reason)
+        recorded = f"{path.name}: {reason}" if path is not None and path.name not in reason else reason
+        self.manifest.record_input(key, "failed", reason=recorded)
 
     def _load(self, item: InputItem, summary: RunSummary) -> Photo | None:
         try:
-            image = load_image(item.path)
+            image = load_image(item.path, max_pixels=self.max_pixels)
             faces = detect_and_align(image, size=self.align_size, detector=self.detector, upsample=self.upsample)
+        except ImageLoadError as exc:  # its message starts with the path: say the path once
+            self._fail(item.key, exc.reason, summary)
+            return None
         except FalcoError as exc:
             self._fail(item.key, str(exc), summary)
             return None
@@ -157,12 +202,19 @@ class FaceRun:
             return
         faces = [face for photo in pending for face in photo.faces]
         results: list[Any] = []
+        processed = self._processed
+        starts = range(0, len(faces), self.batch_size)
         try:
-            for start in range(0, len(faces), self.batch_size):
-                results.extend(process(faces[start:start + self.batch_size]))
+            for i, start in enumerate(starts):
+                self._batch = (i + 1, len(starts))
+                batch = faces[start:start + self.batch_size]
+                results.extend(process(batch))
+                self._processed += len(batch)
+                self._postfix(summary)
         except RunAbortedError:
             raise
         except Exception as exc:
+            self._processed = processed
             if len(pending) > 1:  # retry photo by photo so one bad face fails only its photo
                 for photo in pending:
                     self._flush([photo], process, finish, summary, bar)
@@ -170,6 +222,8 @@ class FaceRun:
             self._fail(pending[0].item.key, f"processing failed: {type(exc).__name__}: {exc}", summary)
             bar.update(1)
             return
+        finally:
+            self._batch = None
         assert len(results) == len(faces), "process() must return one result per face"
         offset = 0
         for photo in pending:
@@ -193,7 +247,7 @@ class FaceRun:
             else:
                 summary.no_face += 1
             bar.update(1)
-            bar.set_postfix(faces=summary.faces, failed=len(summary.failed), refresh=False)
+            self._postfix(summary)
 
 
 def run_in_out_dir(out: Path, items: Sequence[InputItem], device: Any,

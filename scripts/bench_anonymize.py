@@ -84,13 +84,17 @@ def codes(G, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def reference_loop(ws_real, ws_fake, x_real, G, id_encoder, farl, params: FalcoParams) -> torch.Tensor:
-    """The original FALCO loop: one face at a time, fp32, real features recomputed every step."""
+    """The original FALCO loop: one face at a time, fp32, real features recomputed every step.
+
+    ``optimise`` on one face at a time gives these codes bit for bit; batched, it differs by float
+    rounding (other kernel blocking), which Adam amplifies in components with near-zero gradients.
+    """
     start, end = params.layers
     out = []
     for i in range(ws_real.shape[0]):
         w_train = ws_fake[i:i + 1, start:end].clone().requires_grad_(True)
         opt = torch.optim.Adam([w_train], lr=params.lr)
-        milestones = sorted({int(round(f * params.steps)) for f in params.lr_milestones})
+        milestones = sorted({int(f * params.steps) for f in params.lr_milestones})
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
         for _ in range(params.steps):
             ws = torch.cat([ws_real[i:i + 1, :start], w_train, ws_real[i:i + 1, end:]], dim=1)

@@ -71,6 +71,31 @@ def tiny_models(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def tiny_nets(tiny_models) -> dict:
+    """The tiny set's networks, loaded once: ``G``, ``E``, ``latent_avg``, ``id_encoder``, ``farl``."""
+    from falco.models.zoo import load_role
+
+    G = load_role("generator", tiny_models)
+    E, latent_avg = load_role("encoder", tiny_models)
+    return dict(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", tiny_models),
+                farl=load_role("attributes", tiny_models))
+
+
+@pytest.fixture(scope="session")
+def tiny_bank(tiny_models, tmp_path_factory) -> Path:
+    """A 32-fake bank of the tiny set, built once through the CLI (``falco bank build``)."""
+    from typer.testing import CliRunner
+
+    from falco.cli import app
+
+    out = tmp_path_factory.mktemp("tiny-bank") / "bank"
+    res = CliRunner().invoke(app, ["bank", "build", "--out", str(out), "--num", "32", "--models", str(tiny_models),
+                                   "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     import torch

@@ -53,6 +53,27 @@ def synthetic_landmarks(center=(300.0, 300.0), scale=1.0, angle=0.0) -> np.ndarr
     return lm @ rot.T + np.asarray(center)
 
 
+def inside_hull(points: np.ndarray, shape: tuple[int, ...], inset: float = 0.0) -> np.ndarray:
+    """Pixels (centres at integer coordinates) inside the convex hull of ``points`` moved ``inset`` px
+    toward their mean (a region computed without falco's mask code). Shape: ``shape[:2]`` bool."""
+    from scipy.spatial import Delaunay
+
+    centre = points.mean(axis=0)
+    d = points - centre
+    n = np.linalg.norm(d, axis=1, keepdims=True)
+    pts = centre + d * np.maximum(n - inset, 0.0) / n
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (Delaunay(pts).find_simplex(np.stack([xx.ravel(), yy.ravel()], 1)) >= 0).reshape(shape[:2])
+
+
+def far_from(points: np.ndarray, shape: tuple[int, ...], margin: float) -> np.ndarray:
+    """Pixels outside the points' bounding box grown by ``margin`` times its larger side. Shape: ``shape[:2]``."""
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    m = margin * max(x1 - x0, y1 - y0)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (xx < x0 - m) | (xx > x1 + m) | (yy < y0 - m) | (yy > y1 + m)
+
+
 def sinusoid_image(height: int, width: int, period: float) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     r = 127.5 + 100 * np.sin(2 * np.pi * xx / period)
@@ -204,8 +225,25 @@ def test_paste_back_touches_only_the_mask(scene):
     np.testing.assert_array_equal(photo, before)
     weights = photo_mask(face, photo.shape)
     changed = (out != photo).any(axis=2)
-    assert changed.any() and not (changed & (weights == 0)).any()
+    assert not (changed & (weights == 0)).any()
     assert (out[weights == 1.0] == 0).all()
+    # The region, from the scene's landmarks rather than the mask code: every pixel inside their
+    # outline is blended toward black (at least half way, so each changes: the photo is random),
+    # and 5 % of the crop side inside it (past the soft edge) it is black.
+    lm = synthetic_landmarks((250.0, 200.0), 0.8, 0.2)
+    outline = inside_hull(lm, photo.shape)
+    deep = inside_hull(lm, photo.shape, inset=0.05 * face.quad_size)
+    assert outline.sum() > 9000 and deep.sum() > 0.6 * outline.sum()
+    assert changed[outline].all()
+    assert (out[deep] == 0).all()
+    # the forehead: the band from the brows to 15 px above them
+    up = lm[36:48].mean(0) - lm[48:68].mean(0)
+    brows = lm[17:27]
+    forehead = inside_hull(np.concatenate([brows, brows + 15 * up / np.linalg.norm(up)]), photo.shape, inset=1.0)
+    assert forehead.sum() > 500 and changed[forehead].all()
+    # far from the face (its landmarks' box grown by half its size) nothing changes
+    far = far_from(lm, photo.shape, 0.5)
+    assert far.mean() > 0.3 and not changed[far].any()
     # A wider feather spreads the same region over more partly blended pixels.
     soft = photo_mask(face, photo.shape, feather=0.2)
     partial = lambda w: ((w > 0) & (w < 1)).sum()  # noqa: E731
@@ -229,7 +267,13 @@ def test_paste_back_of_a_face_leaving_the_photo():
     photo = np.full((200, 200, 3), 90, np.uint8)
     face = align_face(photo, synthetic_landmarks((20.0, 180.0), 0.7, 0.5))
     out = paste_back(photo, face, np.full((256, 256, 3), 10, np.uint8))
-    assert out.shape == photo.shape and (out == 10).any()
+    assert out.shape == photo.shape and out.min() >= 10 and out.max() <= 90
+    # the part of the face inside the photo is replaced: the landmarks' outline, 2 px in, is all 10
+    lm = synthetic_landmarks((20.0, 180.0), 0.7, 0.5)
+    inner = inside_hull(lm, photo.shape, inset=2.0)
+    assert inner.sum() > 2500 and (out[inner] == 10).all()
+    far = far_from(lm, photo.shape, 0.5)
+    assert far.mean() > 0.3 and (out[far] == 90).all()
 
 
 def test_paste_back_validates(scene):

@@ -361,7 +361,7 @@ def test_grey_crop_changes_only_the_mask_box(photos, detections):
         box = np.zeros(weights.shape, bool)
         box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
         changed = (out != image).any(axis=2)
-        assert changed.any()
+        assert changed[weights > 0].mean() > 0.9  # only pixels already close to grey stay
         assert not (changed & ~box).any()
         # Where the mask is fully on, the face is replaced by the grey crop.
         full = weights >= 1.0
@@ -370,6 +370,30 @@ def test_grey_crop_changes_only_the_mask_box(photos, detections):
         # The nose tip is inside the fully replaced region.
         nx, ny = np.rint(f.landmarks[30]).astype(int)
         assert weights[ny, nx] == 1.0
+
+
+def test_paste_back_covers_every_annotated_landmark(photos, detections, landmark_annotations):
+    """The region from outside the mask code: the hand-checked iBUG landmarks of the annotation
+    files (jaw, brows, eyes, nose, mouth), pulled toward the face centre, are replaced by the crop."""
+    checked = 0
+    for name, faces in landmark_annotations.items():
+        image = photos[name]
+        for ann in faces:
+            face, score = match(detections[name], ann["box"])
+            assert score > 0.5, name
+            out = paste_back(image, face, np.full((256, 256, 3), 128, np.uint8))
+            weights = photo_mask(face, image.shape)
+            lm = ann["landmarks"]
+            size = np.sqrt(np.prod(lm.max(0) - lm.min(0)))
+            towards = lm.mean(0) - lm
+            dist = np.linalg.norm(towards, axis=1, keepdims=True)
+            for pull, least in ((0.05, 0.25), (0.1, 0.99)):
+                x, y = np.rint(lm + towards / dist * np.minimum(pull * size, dist)).astype(int).T
+                assert weights[y, x].min() >= least, f"{name}: a landmark {pull:.0%} inside is not covered"
+                if pull == 0.1:  # fully replaced: the grey crop, to rounding
+                    assert (np.abs(out[y, x].astype(int) - 128) <= 1).all(), name
+            checked += 1
+    assert checked == 43
 
 
 def test_paste_back_does_not_modify_its_input(photos, detections):

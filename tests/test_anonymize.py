@@ -8,15 +8,11 @@ import torch
 from falco.anonymize import FalcoParams, mix_codes, optimise
 from falco.errors import InputError
 from falco.inversion import encode, render_256
-from falco.models.zoo import load_role
 
 
 @pytest.fixture(scope="module")
-def nets(tiny_models):
-    d = tiny_models
-    G = load_role("generator", d)
-    E, latent_avg = load_role("encoder", d)
-    return dict(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", d), farl=load_role("attributes", d))
+def nets(tiny_nets):
+    return tiny_nets
 
 
 def _faces(nets, n: int, seed: int):
@@ -158,13 +154,22 @@ def test_cached_frozen_layers_are_computed_once(nets, monkeypatch):
     assert len(calls) - cached == 3 - 1
 
 
-@pytest.mark.parametrize("amp, tol", [("bf16", 0.05), ("fp16", 0.01)])
+@pytest.mark.parametrize("amp, tol", [("bf16", 0.2), ("fp16", 0.04)])
 def test_amp_stays_close_to_fp32(nets, amp, tol):
     ref = _run(nets, FalcoParams(steps=4))
     out = _run(nets, FalcoParams(steps=4, amp=amp, num_fp16_res=2))
     assert out.ws.dtype == torch.float32 and torch.isfinite(out.losses["total"]).all()
     diff = float((out.ws - ref.ws).abs().max())
-    assert 0 < diff < tol * 4  # 4 Adam steps of lr 0.01 move each element by at most ~0.04
+    assert diff > 0  # low precision did run
+    # Both runs start from the same codes and each moves an element by about lr per step, so a max
+    # difference bound of ~4 lr could not fail. Measure instead how far the low-precision codes are
+    # from fp32's, as a share of how far fp32 moved them: ~1.4 for an unrelated direction, 2 for the
+    # opposite one; measured 0.04 (bf16) and 0.005 (fp16); the bounds leave 5x to 8x for other CPUs.
+    x_real, ws_real, ws_fake = _faces(nets, 2, seed=5)
+    start = torch.cat([ws_real[:, :3], ws_fake[:, 3:8], ws_real[:, 8:]], dim=1)
+    moved = float((ref.ws - start).norm())
+    assert moved > 0
+    assert float((out.ws - ref.ws).norm()) / moved < tol
     rel = (out.losses["total"] - ref.losses["total"]).abs() / ref.losses["total"].abs()
     assert float(rel.max()) < 0.05
 
@@ -200,3 +205,21 @@ def test_num_fp16_res_decides_the_generator_precision_under_amp(nets, num_fp16_r
             h.remove()
     assert {res for res, dt in seen.items() if dt == torch.bfloat16} == low
     assert all(dt == torch.float32 for res, dt in seen.items() if res not in low)
+
+
+def test_on_step_is_called_after_every_step_of_every_batch(nets):
+    from falco.anonymize import step_callback
+
+    calls: list[tuple[int, int]] = []
+    ambient: list[tuple[int, int]] = []
+    params = FalcoParams(steps=2)
+    batches = [_faces(nets, 1, seed=s) for s in (10, 11)]
+    nets_ = nets["G"], nets["id_encoder"], nets["farl"]
+    # The command sets a callback with step_callback; an explicit on_step wins over it.
+    with step_callback(lambda step, total: ambient.append((step, total))):
+        for x, ws, wf in batches:
+            optimise(ws, wf, x, *nets_, params=params, on_step=lambda step, total: calls.append((step, total)))
+        assert calls == [(1, 2), (2, 2)] * len(batches) and ambient == []
+        x, ws, wf = batches[0]
+        optimise(ws, wf, x, *nets_, params=params)
+    assert ambient == [(1, 2), (2, 2)]

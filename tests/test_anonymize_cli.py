@@ -125,9 +125,19 @@ def test_batched_equals_one_face_at_a_time(tiny_models, bank_dir, faces_dir, tmp
                                       batch_size=bs, device="cpu", **QUIET), echo=lambda *_: None)
         outs[bs] = [load_file(str(out / "codes" / f"{k}.jpg.safetensors")) for k in "ab"]
     assert sum(c["ws"].shape[0] for c in outs[8]) >= 4
+    # Batching changes float rounding only, but Adam normalises each gradient component by its own
+    # size, so a component whose gradient is near zero can move by about lr either way. Guaranteed:
+    # the same fakes, the frozen layers equal, every component within Adam's largest move
+    # (lr (1 - beta1) / sqrt(1 - beta2) per step, both ways), and nearly all of them equal.
+    lr, steps, start, end = 0.01, 3, 3, 8
     for batched, single in zip(outs[8], outs[1]):
-        np.testing.assert_allclose(batched["ws"], single["ws"], atol=1e-4)
         np.testing.assert_array_equal(batched["neighbours"], single["neighbours"])
+        a, b = batched["ws"], single["ws"]
+        frozen = np.r_[0:start, end:a.shape[1]]
+        np.testing.assert_allclose(a[:, frozen], b[:, frozen], atol=1e-5)
+        diff = np.abs(a - b)
+        assert diff.max() <= 2 * steps * lr * 0.1 / np.sqrt(0.001) + 1e-6
+        assert (diff > 1e-4).mean() < 0.02, f"{(diff > 1e-4).sum()} of {diff.size} components differ"
 
 
 def test_failed_optimisation_falls_back_to_blur(tiny_models, bank_dir, faces_dir, tmp_path, monkeypatch):
@@ -239,12 +249,23 @@ def test_speed_switches_from_the_command_line(tiny_models, bank_dir, faces_dir, 
         assert res.returncode == 0, res.stderr
         with RunManifest(out) as m:
             settings = m.runs()[-1]["config"]["method_settings"]
-        outs[name] = (settings, load_file(str(out / "codes" / "a.jpg.safetensors"))["ws"])
+        outs[name] = (settings, load_file(str(out / "codes" / "a.jpg.safetensors")))
     assert outs["ref"][0]["amp"] is None and outs["ref"][0]["fused_modconv"] is True
     fast = outs["fast"][0]
     assert (fast["amp"], fast["num_fp16_res"], fast["fused_modconv"], fast["channels_last"]) == ("bf16", 2, False, True)
-    diff = np.abs(outs["fast"][1] - outs["ref"][1]).max()
-    assert 0 < diff < 0.05  # two Adam steps of lr 0.01: bf16 moves the codes a little, not a lot
+    ref, out = outs["ref"][1], outs["fast"][1]
+    assert np.array_equal(ref["neighbours"], out["neighbours"]) and np.array_equal(ref["ws_real"], out["ws_real"])
+    assert np.abs(out["ws"] - ref["ws"]).max() > 0  # bf16 did run
+    # Two Adam steps of lr 0.01 move each element by about 0.02 from the same start in both runs, so
+    # a max difference under 0.05 could not fail. Compare the bf16 codes' distance from fp32's with
+    # how far fp32 moved them from the start (the paired fake in layers 3..7): an unrelated direction
+    # gives ~1.4; measured 0.13; 0.5 leaves room for any CPU's bf16.
+    from falco.bank import Bank
+
+    start = Bank.open(bank_dir).ws.numpy()[ref["neighbours"]][:, None]  # [faces, 1, w_dim]
+    moved = np.linalg.norm(ref["ws"][:, 3:8] - start)
+    assert moved > 0 and np.array_equal(ref["ws"][:, :3], ref["ws_real"][:, :3])
+    assert np.linalg.norm(out["ws"] - ref["ws"]) / moved < 0.5
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
@@ -262,13 +283,34 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-def test_torchrun_matches_single_process_and_resumes_after_a_killed_rank(anonymized, tiny_models, bank_dir,
-                                                                          faces_dir, tmp_path):
+#: the torchrun test's photos, in key order (2, 3, 6, 6, 3, 7 faces): rank 0 takes 11 faces, rank 1 16
+TORCHRUN_PHOTOS = ("2008_001009", "2008_001322", "2008_002079", "2008_002470", "2008_002506", "2008_004176")
+
+
+def test_torchrun_matches_single_process_and_resumes_after_a_killed_rank(tiny_models, bank_dir, faces_dir, tmp_path):
+    """A 2-rank run, killed midway and resumed, writes the single process's codes and images bit for bit.
+
+    That holds for the same batches and thread count: CPU kernels round differently for other
+    batch sizes and thread counts, and Adam turns that rounding into steps of up to ~lr in the
+    code components whose gradient is near zero. Ranks take every other photo, so batches of
+    several faces would not be the single process's; with ``--batch-size 1`` every run optimises
+    each face alone, and OMP_NUM_THREADS is pinned (torchrun sets 1 per worker when it is unset).
+    """
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in TORCHRUN_PHOTOS:
+        shutil.copy(faces_dir / f"{name}.jpg", src / f"{name}.jpg")
+    args = [str(src), "--models", str(tiny_models), "--bank", str(bank_dir), "--steps", "3", "--format", "png",
+            "--batch-size", "1", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    res = subprocess.run([sys.executable, "-m", "falco", "anonymize", *args, "--out", str(single)], env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-2000:]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "falco",
-           "anonymize", str(faces_dir), "--out", str(out), "--models", str(tiny_models), "--bank", str(bank_dir),
-           "--steps", "3", "--format", "png", "--device", "cpu", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "anonymize", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "manifest.sqlite"
     try:
         done = wait_for_inputs(proc, db, 2)
@@ -280,21 +322,22 @@ def test_torchrun_matches_single_process_and_resumes_after_a_killed_rank(anonymi
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert 2 <= done < 11, f"could not kill the job midway ({done} inputs recorded)"
+    assert 2 <= done < len(TORCHRUN_PHOTOS), f"could not kill the job midway ({done} inputs recorded)"
     with sqlite3.connect(db) as con:
         first = dict(con.execute("SELECT source, run_id FROM inputs").fetchall())
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, [line for line in res.stderr.splitlines() if "error" in line.lower()][:10]
     with sqlite3.connect(db) as con:
         final = dict(con.execute("SELECT source, run_id FROM inputs").fetchall())
         n_faces = con.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-    assert len(final) == 11 and n_faces == FACES
+    assert len(final) == len(TORCHRUN_PHOTOS) and n_faces == 27
     assert all(final[k] == v for k, v in first.items()), "finished inputs were redone"
-    for p in sorted(anonymized.glob("*.png")):
-        a, b = load_image(p), load_image(out / p.name)
-        assert np.abs(a.astype(int) - b).max() <= 1, p.name
-    for p in sorted((anonymized / "codes").glob("*.safetensors")):
-        np.testing.assert_allclose(load_file(str(p))["ws"], load_file(str(out / "codes" / p.name))["ws"], atol=1e-4)
+    for name in TORCHRUN_PHOTOS:
+        assert np.array_equal(load_image(single / f"{name}.png"), load_image(out / f"{name}.png")), name
+        a, b = (load_file(str(d / "codes" / f"{name}.jpg.safetensors")) for d in (single, out))
+        assert a.keys() == b.keys() and "ws" in a, name
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
 
 
 def test_demo_writes_a_page_with_every_step(tmp_path, monkeypatch):

@@ -34,6 +34,15 @@ def test_all_methods_side_by_side(tmp_path):
         with RunManifest(out) as m:
             rows = m.faces()
         assert len(rows) == 5 and all(r["method"] in (method, "blur") for r in rows), method
+        # The method itself ran on most faces: a method that silently fell back (to blur) on every
+        # face would put the fallback in the table under its name. A face counts when its record is
+        # the method's own and, if it was covered, the privacy guard covered the method's output
+        # (pixelate's 16 blocks stay recognisable on some of these faces), not a method failure.
+        own = [r for r in rows if r["method"] == method and (
+            r["status"] == "done" or (r["status"] == "fallback" and str(r.get("reason")).startswith("privacy guard")))]
+        assert len(own) >= 4, (method, [(r["method"], r["status"], r.get("reason")) for r in rows])
+        # and its output passed the guard unaided on some faces (all of them for every method but pixelate)
+        assert sum(r["status"] == "done" for r in own) >= 2, (method, [(r["status"], r.get("reason")) for r in rows])
         anon_dirs.append(out)
 
     from falco.cli import main

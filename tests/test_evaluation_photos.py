@@ -2,7 +2,8 @@
 
 The real photos are analysed once (one FeatureCache for the module); the self-comparison costs
 nothing more, because identical pixels hit the cache. The dlib CNN detector is slow on a CPU, so
-it runs on three small photos only.
+it runs on three small photos only. MTCNN (``facenet-pytorch``) has tests of its own, skipped
+when it cannot be imported, and failing instead under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,18 @@ from tests.conftest import shared_path
 
 FACES_IN_SHARED_PHOTOS = 67
 SMALL_PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg")
-MTCNN = detection_mod.mtcnn_available() is None
-DETECTORS = ("hog", "mtcnn") if MTCNN else ("hog",)
-FAST = dict(recognizers=("dlib",), classifiers=("landmarks",), fid=False)
+FAST = dict(recognizers=("dlib",), classifiers=("landmarks",), fid=False, progress=False)
+
+
+def require_mtcnn() -> None:
+    """Skip the test when MTCNN cannot be used here; fail it under ``CI=true``."""
+    reason = detection_mod.mtcnn_available()
+    if reason is None:
+        return
+    msg = f"MTCNN unavailable: {reason} (it also needs `requests`)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 def _link_subset(src: Path, dst: Path, names) -> Path:
@@ -86,7 +96,7 @@ def cache() -> FeatureCache:
 
 @pytest.fixture(scope="module")
 def self_report(faces_dir, cache):
-    cfg = EvalConfig(real=faces_dir, anon=(faces_dir,), names=("self",), detectors=DETECTORS, **FAST)
+    cfg = EvalConfig(real=faces_dir, anon=(faces_dir,), names=("self",), detectors=("hog",), **FAST)
     return evaluate(cfg, cache=cache)
 
 
@@ -102,7 +112,7 @@ def degraded(faces_dir, self_report, cache, tmp_path_factory):
     blur = _degrade(faces_dir, names, boxes, root / "blur", "blur")
     pix = _degrade(faces_dir, names, boxes, root / "pixelate-8", "pixelate")
     cfg = EvalConfig(real=real, anon=(real, blur, pix), names=("self", "blur-heavy", "pixelate-8x8"),
-                     detectors=DETECTORS, examples=4, **FAST)
+                     detectors=("hog",), examples=4, **FAST)
     report = evaluate(cfg, cache=cache)
     paths = write_report(report, root / "report")
     return report, paths, root
@@ -113,9 +123,7 @@ def test_self_comparison_is_perfect(self_report):
     run = self_report.runs["self"]
     counts = run["counts"]
     assert counts["faces"] == FACES_IN_SHARED_PHOTOS and counts["photos"] == 11
-    for det in DETECTORS:
-        assert run["detection_rate"][det] == 1.0, det
-        assert counts["detection_rate"][det] > 0
+    assert run["detection_rate"] == {"hog": 1.0}  # only the detectors asked for, MTCNN installed or not
     assert counts["detection_rate"]["hog"] == FACES_IN_SHARED_PHOTOS
     assert run["reid_rate"]["dlib"] == 1.0 and run["rank1_identification"]["dlib"] == 1.0
     assert run["landmark_nme"] == 0.0
@@ -123,8 +131,18 @@ def test_self_comparison_is_perfect(self_report):
     assert set(run["attribute_agreement"]) == {"yaw", "pitch", "roll", "eyes_open", "mouth_open", "mean"}
     assert run["details"]["reid_score_mean"]["dlib"]["mean"] == 0.0
     assert run["fid"] is None and "fid" in run["not_computed"]
-    if not MTCNN:
-        assert "--no-deps facenet-pytorch" in run["not_computed"].get("detection_rate.mtcnn", "")
+    assert not [k for k in run["not_computed"] if k.startswith("detection_rate.")]
+    assert self_report.data["not_installed"] == {}  # --no-fid is not "not installed"
+
+
+def test_mtcnn_self_comparison_is_perfect(faces_dir, cache):
+    require_mtcnn()
+    report = evaluate(EvalConfig(real=faces_dir, anon=(faces_dir,), names=("self",), detectors=("mtcnn",), **FAST),
+                      cache=cache)
+    run = report.runs["self"]
+    assert run["detection_rate"] == {"mtcnn": 1.0} and run["counts"]["detection_rate"]["mtcnn"] > 0
+    assert "detection_rate.mtcnn" not in run["not_computed"]
+    assert report.data["settings"]["detectors"] == {"mtcnn": "mtcnn"}
 
 
 def test_blur_and_pixelation_hide_faces(degraded):
@@ -137,13 +155,21 @@ def test_blur_and_pixelation_hide_faces(degraded):
     # heavy blur: detection and re-identification collapse
     assert blur["detection_rate"]["hog"] <= 0.1
     assert blur["reid_rate"]["dlib"] <= 0.1 and blur["rank1_identification"]["dlib"] <= 0.2
-    if MTCNN:
-        assert blur["detection_rate"]["mtcnn"] <= 0.3
     # 8x8 pixelation: dlib finds almost nothing
     assert pix["detection_rate"]["hog"] <= 0.05
     assert pix["details"]["detection"]["hog"]["anon_detections"] <= 2
     assert pix["reid_rate"]["dlib"] <= 0.1
     assert blur["landmark_nme"] > 0.02 and pix["attribute_agreement"]["mean"] < 1.0
+
+
+def test_mtcnn_rarely_finds_heavily_blurred_faces(degraded, cache):
+    require_mtcnn()
+    _, _, root = degraded
+    report = evaluate(EvalConfig(real=root / "real", anon=(root / "blur",), names=("blur-heavy",),
+                                 detectors=("mtcnn",), **FAST), cache=cache)
+    blur = report.runs["blur-heavy"]
+    assert blur["counts"]["detection_rate"]["mtcnn"] >= 30  # MTCNN finds most of the 43 real faces
+    assert blur["detection_rate"]["mtcnn"] <= 0.3
 
 
 def test_report_files(degraded):
@@ -183,7 +209,7 @@ def test_report_html_in_headless_chromium(degraded, tmp_path):
     if browser is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("chromium is not installed (.ci/run installs it with apt-get)")
-        pytest.skip("chromium is not installed")
+        pytest.skip("chromium is not installed: `sudo apt-get install chromium` (Debian/Ubuntu) runs this test")
     _, paths, _ = degraded
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",

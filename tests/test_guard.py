@@ -283,3 +283,58 @@ def test_last_resort_mask_when_the_fallback_is_not_enough(photo_dir):
     assert not res.photo[face[0].box[1]:face[0].box[3], face[0].box[0]:face[0].box[2]].any()
     without = PrivacyGuard("enforce", _StubbornRecognizers(), blur, lambda img: [])
     assert without.review(photo, photo.copy(), face).verdicts[0]["verdict"] == "unsafe"
+
+
+class _StubbornForTheLeftmost(_ScriptedRecognizers):
+    """The leftmost face matches until its box is entirely black; the others as long as they are unchanged."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def check_many(self, original, output, faces):
+        from falco.guard import IdentityCheck
+
+        out = []
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            if x0 <= self.left:
+                same = bool(output[y0:y1, x0:x1].any())
+            else:
+                same = np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1])
+            out.append([IdentityCheck("dlib", 0.1234567 if same else 1.0, same)])
+        return out
+
+
+def test_guard_summary_says_how_faces_were_covered(photo_dir, tmp_path, monkeypatch):
+    import falco.guard
+    from falco.align import detect_and_align
+
+    left = min(f.box[0] for f in detect_and_align(load_image(photo_dir / "three.jpg"), size=64))
+    monkeypatch.setattr(falco.guard, "Recognizers", lambda arcface=None: _StubbornForTheLeftmost(left))
+    lines: list[str] = []
+    out = tmp_path / "out"
+    run_anonymize(AnonymizeConfig(input=photo_dir, out=out, method="unchanged", format="png", progress=False),
+                  echo=lines.append)
+    summary = next(line for line in lines if line.startswith("privacy guard"))
+    assert "3 fell back: 2 covered by blur, 1 covered by a solid mask (blur still matched)" in summary, summary
+    assert "fell back to blur" not in summary
+    with RunManifest(out) as m:
+        faces = m.faces()
+    masked = [f for f in faces if f["fallback"] == "mask"]
+    assert len(masked) == 1 and masked[0]["guard"]["last_resort"]
+    assert [s["step"] for s in masked[0]["guard"]["trail"]] == ["method", "blur", "mask"]
+    assert "covered by a solid mask" in masked[0]["reason"] and "false detection" in masked[0]["reason"]
+    blurred = [f for f in faces if f["fallback"] == "blur"]
+    assert len(blurred) == 2 and all(f["guard"]["covered_by"] == "blur" for f in blurred)
+    assert all("covered by blur: no longer recognised" in f["reason"] for f in blurred)
+
+
+def test_guard_summary_of_a_chosen_mask_fallback_has_no_last_resort_note():
+    from falco.commands.anonymize import guard_summary
+
+    rows = [{"status": "fallback", "fallback": "mask", "guard": {"verdict": "fallback", "covered_by": "mask"}},
+            {"status": "done", "guard": {"verdict": "redone"}},
+            {"status": "missed", "fallback": "mask"}]
+    line = guard_summary("warn", rows)
+    assert line == ("privacy guard (warn): 2 faces checked; 1 re-done; 1 fell back: 1 covered by a solid mask; "
+                    "0 unsafe; 1 missed by detection and covered by a solid mask; 0 kept")

@@ -171,7 +171,9 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
                 row["guard"] = verdict
                 if verdict["verdict"] in ("fallback", "unsafe"):
                     row["status"] = verdict["verdict"]
-                    row["fallback"] = "mask" if verdict.get("covered_by") == "mask" else guard_fallback(cfg)
+                    row["fallback"] = verdict.get("covered_by") or guard_fallback(cfg)
+                    why = f"privacy guard: {verdict.get('why')}"
+                    row["reason"] = f"{row['reason']}; {why}" if row.get("reason") else why
             row["guard_failing"] = guard.mode == "enforce" and row.get("status") in ("fallback", "unsafe", "failed")
             res = results[i]
             if getattr(res, "curves", None):
@@ -180,7 +182,8 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
                 row["crops"] = _save_crops(cfg.out, key, i, face, res)
             rows.append(row)
         rows += [face_row(face, status="kept", method="none", reason="matches --keep-identity") for face in photo.kept]
-        rows += [dict(row, status="missed", score=None, quad_size=None) for row in checked.missed]
+        rows += [dict(row, status="missed", score=None, quad_size=None,
+                      fallback=row.get("covered_by") or guard_fallback(cfg)) for row in checked.missed]
         if cfg.method == "falco" and photo.faces:
             outputs["codes"] = _save_codes(cfg.out, key, photo, results)
             for i in range(len(photo.faces)):
@@ -193,17 +196,19 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
         return outputs, rows
 
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=256,
-                     batch_size=cfg.batch_size, progress=cfg.progress, select=select)
-    summary = runner.run(anonymizer.process, finish)
+                     batch_size=cfg.batch_size, progress=cfg.progress, select=select,
+                     max_pixels=cfg.max_pixels)
+    from falco.anonymize import step_callback
+
+    with step_callback(runner.on_step if cfg.progress else None):  # FALCO's optimisation steps on the bar
+        summary = runner.run(anonymizer.process, finish)
     faces = manifest.faces()
     counts = {s: sum(1 for f in faces if f["status"] == s) for s in ("fallback", "unsafe", "failed", "missed", "kept")}
     counts["redone"] = sum(1 for f in faces if (f.get("guard") or {}).get("verdict") == "redone")
     counts["checked"] = sum(1 for f in faces if f.get("guard"))
     summary.unsafe = sum(1 for f in faces if f.get("guard_failing"))
     if guard.active:
-        echo(f"privacy guard ({guard.mode}): {counts['checked']} faces checked, {counts['redone']} re-done, "
-             f"{counts['fallback']} fell back to {guard_fallback(cfg)}, {counts['unsafe']} unsafe, "
-             f"{counts['missed']} missed by detection and covered, {counts['kept']} kept")
+        echo(guard_summary(guard.mode, faces))
     if counts["fallback"] + counts["failed"]:
         echo(f"warning: {counts['fallback'] + counts['failed']} face(s) were not anonymized by {cfg.method} "
              "(see manifest.sqlite)")
@@ -212,6 +217,45 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
     manifest.finish_run({**summary.as_dict(), "face_status": counts})
     manifest.close()
     return summary
+
+
+COVER_WORDS = {"blur": "blur", "pixelate": "pixelation", "mask": "a solid mask"}
+
+
+def covered_how(row: dict) -> str | None:
+    """How a face row's region was covered, in words (``'a solid mask (blur still matched)'``); None if it was not."""
+    how = row.get("fallback")
+    if row.get("status") not in ("fallback", "unsafe", "missed") or how in (None, "skip"):
+        return None
+    text = COVER_WORDS.get(how, str(how))
+    guard = row.get("guard") or {}
+    if guard.get("last_resort"):
+        tried = [s["step"] for s in guard.get("trail", []) if s["step"] not in ("method", "redo", "mask")]
+        if tried:
+            text += f" ({', '.join(COVER_WORDS.get(t, t) for t in tried)} still matched)"
+    return text
+
+
+def guard_summary(mode: str, faces: list[dict]) -> str:
+    """The privacy guard's one-line summary, from the recorded face rows (how each face was really covered)."""
+    checked = sum(1 for f in faces if f.get("guard"))
+    redone = sum(1 for f in faces if (f.get("guard") or {}).get("verdict") == "redone")
+    counts = {s: sum(1 for f in faces if f["status"] == s) for s in ("fallback", "unsafe", "missed", "kept")}
+    covers: dict[str, int] = {}
+    for f in faces:
+        if f["status"] == "fallback":
+            how = covered_how(f) or "nothing"
+            covers[how] = covers.get(how, 0) + 1
+    fell = f"{counts['fallback']} fell back"
+    if covers:
+        most_first = sorted(covers.items(), key=lambda kv: (-kv[1], kv[0]))
+        fell += ": " + ", ".join(f"{n} covered by {how}" for how, n in most_first)
+    missed = f"{counts['missed']} missed by detection and covered"
+    missed_covers = sorted({covered_how(f) for f in faces if f["status"] == "missed"} - {None})
+    if missed_covers:
+        missed += f" by {', '.join(missed_covers)}"
+    return (f"privacy guard ({mode}): {checked} faces checked; {redone} re-done; {fell}; {counts['unsafe']} unsafe; "
+            f"{missed}; {counts['kept']} kept")
 
 
 def guard_fallback(cfg: AnonymizeConfig) -> str:
@@ -237,7 +281,7 @@ def make_guard(cfg: AnonymizeConfig, device: torch.device):
     how = guard_fallback(cfg)
     return PrivacyGuard(cfg.guard, Recognizers(arcface), lambda img, face: fallback(img, face, how),
                         lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1),
-                        last_resort=lambda img, face: fallback(img, face, "mask"))
+                        last_resort=lambda img, face: fallback(img, face, "mask"), fallback_name=how)
 
 
 def make_selector(references: tuple[Path, ...]):

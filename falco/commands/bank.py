@@ -13,14 +13,13 @@ from pathlib import Path
 
 import typer
 
+from falco.cli_options import APP_SETTINGS, Command, MODELS_HELP
 from falco.config import BankConfig, as_dict
 
 bank_app = typer.Typer(
     name="bank",
     help="Build and inspect fake banks (generated faces + features + FAISS index) for pairing.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    **APP_SETTINGS,
 )
 
 
@@ -32,6 +31,7 @@ def run_bank_build(cfg: BankConfig, *, echo: Callable[[str], object] = print) ->
     from falco.bank import build_bank
     from falco.errors import InputError
     from falco.features import EXTRACTORS, load_extractor
+    from falco.io import check_writable_dir
     from falco.models.zoo import load_role, resolve_device, tiny_notice
     from falco.pretrained.modelset import file_sha256, locate, models_dir, resolve_model
 
@@ -39,6 +39,7 @@ def run_bank_build(cfg: BankConfig, *, echo: Callable[[str], object] = print) ->
         raise InputError(f"--features must be one of {', '.join(EXTRACTORS)}, got {cfg.features!r}")
     if cfg.index not in ("auto", "flat", "ivf", "hnsw"):
         raise InputError(f"--index must be auto, flat, ivf or hnsw, got {cfg.index!r}")
+    check_writable_dir(cfg.out)
     device = resolve_device(cfg.device)
     notice = tiny_notice(cfg.models)
     if notice:
@@ -62,7 +63,7 @@ def run_bank_build(cfg: BankConfig, *, echo: Callable[[str], object] = print) ->
     )
 
 
-@bank_app.command("build")
+@bank_app.command("build", cls=Command)
 def build_command(
     out: Path = typer.Option(..., "--out", help="Bank directory (resumable: re-run to finish an interrupted build)."),
     num: int = typer.Option(..., "--num", min=1, help="Number of fakes (paper: 60000)."),
@@ -71,7 +72,7 @@ def build_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Fakes per render/embed batch."),
     chunk_size: int = typer.Option(1000, "--chunk-size", min=1, help="Fakes per chunk file (unit of resuming)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-    models: Path | None = typer.Option(None, "--models", help="Model set directory (default: $FALCO_HOME/models)."),
+    models: Path | None = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the z samples."),
     index: str = typer.Option("auto", "--index", help="auto (exact below 50,000 fakes, else calibrated IVF), flat, ivf or hnsw."),
     thumbnail_size: int = typer.Option(64, "--thumbnail-size", min=8, max=256, help="Thumbnail side in px."),
@@ -86,9 +87,9 @@ def build_command(
     typer.echo(f"bank: {path} ({num} fakes)")
 
 
-@bank_app.command("info")
+@bank_app.command("info", cls=Command)
 def info_command(
-    path: Path = typer.Argument(..., help="Bank directory."),
+    path: Path = typer.Argument(..., metavar="BANK", help="Bank directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every chunk file against the manifest."),
 ) -> None:

@@ -8,7 +8,6 @@ on the fly and says loudly that the result is not meaningful.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -107,32 +106,133 @@ def plot_curves(faces: list[dict], path: Path) -> Path:
     return path
 
 
+CROPS = (
+    ("real", "real", "The face as detected in the photo, aligned (FFHQ alignment) and cropped to 256 px: "
+     "the input of everything that follows."),
+    ("inverted", "inverted", "Its e4e inversion: the generator's rendering of the face's W+ code. The closer it "
+     "looks to <i>real</i>, the better the attributes the optimisation aims at are captured."),
+    ("neighbour", "neighbour", "The paired fake: the generated face of the fake bank (nobody) nearest to the real "
+     "face in FaRL feature space. Its middle W+ layers are the starting point of the optimisation."),
+    ("anon", "anonymized", "The anonymized result: the neighbour's middle layers optimised so that the face keeps "
+     "the real face's attributes (pose, expression, hair...) but not its identity. This is what is pasted back into "
+     "the photo, unless the privacy guard covered the face (see its status)."),
+)
+
+STATUSES = {
+    "done": "anonymized by the method and passed the privacy guard",
+    "fallback": "not pasted back: the privacy guard (or a failed optimisation) covered the face instead",
+    "unsafe": "still recognised after every fallback",
+    "missed": "not found by the first detection; the privacy guard found it and covered it",
+    "kept": "left as it was (matches --keep-identity)",
+    "failed": "the method failed and the face was left as it was (--on-fail skip)",
+}
+
+LOSS_NAMES = {"id": "identity |cos - m|", "attr": "attribute (FaRL L1)", "total": "total"}
+
+
+def fmt(x) -> str:
+    """A number for people: 4 significant digits; ``n/a`` for None or NaN."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return html.escape(str(x))
+    if isinstance(x, float) and x != x:
+        return "n/a"
+    return f"{x:.4g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="num"><tr>{head}</tr>{body}</table>'
+
+
+def _face_details(face: dict) -> str:
+    """The explanation of one face: status, how it was covered and why, guard checks, losses."""
+    from falco.commands.anonymize import COVER_WORDS, covered_how
+
+    status = face.get("status", "?")
+    items = [("status", f"<b>{html.escape(status)}</b>: {html.escape(STATUSES.get(status, ''))}")]
+    if face.get("method"):
+        items.append(("method", html.escape(str(face["method"]))))
+    if face.get("neighbour") is not None:
+        items.append(("paired fake", f"bank index {fmt(face['neighbour'])}"))
+    how = covered_how(face)
+    if how:
+        items.append(("covered by", html.escape(how)))
+    if face.get("reason"):
+        items.append(("why", html.escape(str(face["reason"]))))
+    guard = face.get("guard") or {}
+    if guard:
+        items.append(("privacy guard", f"verdict <b>{html.escape(str(guard.get('verdict')))}</b>"))
+        trail = guard.get("trail") or [{"step": "final", "identity": guard.get("identity", {}),
+                                        "same": None}]
+        names = sorted({k for stage in trail for k in stage.get("identity", {})})
+        steps = {"method": "the method's output", "redo": "re-done (stronger identity weight)", "final": "final"}
+        rows = []
+        for stage in trail:
+            same = stage.get("same")
+            step = str(stage["step"])
+            rows.append([html.escape(steps.get(step, f"covered by {COVER_WORDS.get(step, step)}"))]
+                        + [fmt(stage.get("identity", {}).get(n)) for n in names]
+                        + ["n/a" if same is None else ("yes" if same else "no")])
+        header = ["checked"] + [html.escape(n) + (" distance" if n == "dlib" else " cosine") for n in names]
+        items.append(("identity checks", _table(header + ["same person?"], rows)
+                      + '<br><small>dlib: same person when the distance is below 0.6; ArcFace: when the cosine '
+                      "similarity is at least 0.25.</small>"))
+    losses = face.get("losses") or {}
+    if losses:
+        order = [k for k in LOSS_NAMES if k in losses] + [k for k in losses if k not in LOSS_NAMES]
+        rows = [[html.escape(LOSS_NAMES.get(k, k)), fmt(losses[k])] for k in order]
+        items.append(("final losses", _table(["loss", "value"], rows)))
+    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
 def render_page(input_photo: Path, output_photo: Path, faces: list[dict], result: Path, curves: Path, *,
                 tiny: bool, page_dir: Path) -> str:
-    """The demo's HTML page (relative links, no external resources)."""
+    """The demo's HTML page (relative links, no external resources, every text html-escaped)."""
 
     def rel(p: Path) -> str:
         return html.escape(Path(p).resolve().relative_to(page_dir.resolve()).as_posix())
 
-    rows = []
+    legend = "".join(f"<dt>{label}</dt><dd>{text}</dd>" for _, label, text in CROPS)
+    blocks = []
     for face in faces:
         cells = []
-        for name in ("real", "inverted", "neighbour", "anon"):
-            crop = face.get("crops", {}).get(name)
-            img = f'<img src="{rel(result / crop)}" width="160" alt="{name}">' if crop else "n/a"
-            cells.append(f"<td>{img}<br>{name}</td>")
-        losses = html.escape(json.dumps(face.get("losses", {})))
-        rows.append(f"<tr><th>face {face['face_index']}<br>{html.escape(face['status'])}</th>{''.join(cells)}"
-                    f"<td><code>{losses}</code></td></tr>")
-    banner = ('<p style="background:#fdd;padding:8px"><b>Tiny random model set:</b> these outputs are noise; '
-              "install the pretrained models (<code>falco models download</code>) for real results.</p>") if tiny else ""
+        crops = face.get("crops") or {}
+        for key, label, _ in CROPS:
+            crop = crops.get(key)
+            img = f'<img src="{rel(result / crop)}" width="160" alt="{label}">' if crop else "<i>n/a</i>"
+            cells.append(f"<td>{img}<br>{label}</td>")
+        title = f"face {fmt(face.get('face_index'))}: {html.escape(str(face.get('status', '?')))}"
+        crops_row = f"<table><tr>{''.join(cells)}</tr></table>" if crops else ""
+        blocks.append(f"<h3>{title}</h3>{crops_row}{_face_details(face)}")
+    banner = ""
+    if tiny:
+        banner = ('<p style="background:#fdd;padding:8px"><b>Tiny random model set:</b> these outputs are noise '
+                  "(and the detector's false detections are likely to be covered by the privacy guard); "
+                  "install the pretrained models (<code>falco models download</code>) for real results.</p>")
+    faces_html = "".join(blocks) if blocks else "<p>No face was found in the photo.</p>"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>falco demo</title></head>
-<body style="font-family:sans-serif">
+<html lang="en"><head><meta charset="utf-8"><title>falco demo</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60em; }}
+dt {{ font-weight: bold; margin-top: 0.4em; }}
+table.num {{ border-collapse: collapse; }}
+table.num td, table.num th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+table.num td:first-child {{ text-align: left; }}
+</style></head>
+<body>
 <h1>falco demo</h1>{banner}
 <table><tr><td><img src="{rel(input_photo)}" width="384" alt="input"><br>input</td>
 <td><img src="{rel(output_photo)}" width="384" alt="anonymized"><br>anonymized</td></tr></table>
-<h2>Faces</h2><table>{''.join(rows)}</table>
-<h2>Loss curves</h2><img src="{rel(curves)}" alt="loss curves">
+<h2>Faces</h2>
+<p>For each face found, four 256-px crops show the steps of the anonymization:</p>
+<dl>{legend}</dl>
+{faces_html}
+<h2>Loss curves</h2>
+<p>Per optimisation step and face: the identity loss (lower means less like the real face's identity), the
+attribute loss (lower means closer to its attributes) and their weighted sum, which the optimisation minimises.</p>
+<img src="{rel(curves)}" alt="loss curves">
 </body></html>
 """

@@ -85,7 +85,7 @@ def _run_invert(cfg: InvertConfig, items, device, echo) -> RunSummary:
         return outputs, rows
 
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=cfg.align_size,
-                     batch_size=cfg.batch_size, progress=cfg.progress)
+                     batch_size=cfg.batch_size, progress=cfg.progress, max_pixels=cfg.max_pixels)
     summary = runner.run(process, finish)
     manifest.finish_run(summary.as_dict())
     manifest.close()

@@ -1,4 +1,9 @@
-"""Analyse the photo pairs of one run: detections, paired faces, landmarks, embeddings, labels, crops.
+"""Analyse the photo pairs of one run: detections, paired faces, landmarks, embeddings, labels, features.
+
+Photos are streamed: one real/anonymized pair is decoded at a time and dropped once analysed.
+What the metrics need is kept per face and is small (boxes, landmarks, embeddings, labels,
+Inception features); aligned crops are kept only for the few faces the HTML example grid can
+show (see :func:`example_candidates`).
 
 Everything per image is memoised in a :class:`~falco.evaluation.common.FeatureCache` under the
 image's content digest, so the real photos are analysed once for all runs and an anonymized
@@ -13,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from falco.errors import ImageLoadError, InputError
-from falco.evaluation.common import FeatureCache, image_digest, landmarks_key
+from falco.evaluation.common import FeatureCache, image_digest, landmarks_key, progress_bar
 from falco.evaluation.detection import DetectionCount, count_detected, get_eval_detector, match_boxes
 from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
 from falco.evaluation.tools import Tools
@@ -23,12 +28,19 @@ from falco.imageio import load_image
 
 __all__ = ["RunData", "collect_run"]
 
-Crop = tuple[tuple[str, bytes], "np.ndarray | None"]  # ((image digest, landmarks key), crop)
-
 
 @dataclass
 class RunData:
-    """What the metrics of one run are computed from (lists are aligned with ``faces``)."""
+    """What the metrics of one run are computed from (lists are aligned with ``faces``).
+
+    Attributes:
+        crop_ok: Whether both 256-px aligned crops of a face exist (a face too small to align
+            has none); FID/KID use the faces where it is true.
+        real_feats, anon_feats: Inception pool3 features of those crops (None when there is
+            no crop or no Inception).
+        example_crops: ``face position -> (real crop, anon crop)``, only for the faces the
+            example grid may pick.
+    """
 
     faces: list[FacePair] = field(default_factory=list)
     detections: dict[str, DetectionCount] = field(default_factory=dict)
@@ -36,8 +48,10 @@ class RunData:
     anon_emb: dict[str, list[np.ndarray]] = field(default_factory=dict)
     real_labels: list[dict[str, str]] = field(default_factory=list)
     anon_labels: list[dict[str, str]] = field(default_factory=list)
-    real_crops: list[Crop] = field(default_factory=list)
-    anon_crops: list[Crop] = field(default_factory=list)
+    crop_ok: list[bool] = field(default_factory=list)
+    real_feats: list[np.ndarray | None] = field(default_factory=list)
+    anon_feats: list[np.ndarray | None] = field(default_factory=list)
+    example_crops: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -57,15 +71,12 @@ def _embed(cache: FeatureCache, rec, digest: str, image: np.ndarray,
     return [cache.get(k, lambda: None) for k in keys]
 
 
-def _crop(cache: FeatureCache, digest: str, image: np.ndarray, landmarks: np.ndarray) -> Crop:
-    def make():
-        try:
-            return align_face(image, landmarks, 256).image
-        except InputError:  # a face too small to align
-            return None
-
-    key = (digest, landmarks_key(landmarks))
-    return key, cache.get(("crop",) + key, make)
+def _crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """The 256-px FFHQ-aligned crop (not cached: cheap, and 192 KiB a face)."""
+    try:
+        return align_face(image, landmarks, 256).image
+    except InputError:  # a face too small to align
+        return None
 
 
 def _labels(cache: FeatureCache, clf, digest: str, image: np.ndarray, lms: list[np.ndarray]) -> list[dict]:
@@ -73,32 +84,64 @@ def _labels(cache: FeatureCache, clf, digest: str, image: np.ndarray, lms: list[
     return cache.get(key, lambda: clf.predict_faces(image, lms))
 
 
+class _Examples:
+    """Which faces the example grid of :func:`~falco.evaluation.summary.pick_examples` can pick.
+
+    The grid takes, photo after photo, the first face with both crops, then the second, ...
+    until it has ``k``; so only the first ``k`` such faces of the first ``k`` photos that
+    have one can ever be shown. Their crops are the only ones kept.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = max(0, int(k))
+        self.photos = 0
+
+    def candidates(self, ok: Sequence[bool]) -> list[int]:
+        """Positions (in the photo's face list) whose crops to keep."""
+        if self.photos >= self.k or not any(ok):
+            return []
+        self.photos += 1
+        return [i for i, good in enumerate(ok) if good][: self.k]
+
+
 def collect_run(tools: Tools, cache: FeatureCache, photo_pairs: Sequence[PhotoPair],
                 manifest_faces: dict[str, list[ManifestFace]] | None, *, reference_detector: str = "hog",
-                upsample: int = 1, detection_iou: float = 0.5, pair_iou: float = 0.3) -> RunData:
-    """Analyse every photo pair of a run (see :mod:`falco.evaluation.pairing` for how faces pair)."""
+                upsample: int = 1, detection_iou: float = 0.5, pair_iou: float = 0.3, examples: int = 8,
+                device: str = "cpu", progress: bool = False, desc: str = "photos") -> RunData:
+    """Analyse every photo pair of a run (see :mod:`falco.evaluation.pairing` for how faces pair).
+
+    Args:
+        examples: Faces the example grid shows (their crops are kept; 0: none).
+        progress: Show a progress bar on stderr (one step per photo pair).
+        desc: The bar's label.
+    """
     data = RunData(detections={n: DetectionCount() for n in tools.detectors},
                    real_emb={n: [] for n in tools.recognizers}, anon_emb={n: [] for n in tools.recognizers},
                    counts={"photos": len(photo_pairs), "photos_missing": 0, "photos_unreadable": 0})
     ref = get_eval_detector(reference_detector, upsample)
-    for pp in photo_pairs:
-        if pp.anon is None:
-            data.counts["photos_missing"] += 1
-            data.problems.append(f"{pp.source}: no anonymized photo")
-            continue
-        try:
-            real_img, anon_img = load_image(pp.real), load_image(pp.anon)
-        except ImageLoadError as exc:
-            data.counts["photos_unreadable"] += 1
-            data.problems.append(str(exc))
-            continue
-        if real_img.shape != anon_img.shape:
-            data.counts["photos_unreadable"] += 1
-            data.problems.append(f"{pp.source}: anonymized photo is {anon_img.shape[1]}x{anon_img.shape[0]}, "
-                                 f"real is {real_img.shape[1]}x{real_img.shape[0]}")
-            continue
-        _collect_photo(data, tools, cache, ref, pp.source, real_img, anon_img, manifest_faces,
-                       detection_iou=detection_iou, pair_iou=pair_iou)
+    picker = _Examples(examples)
+    with progress_bar(photo_pairs, desc=desc, unit="photo", enabled=progress) as bar:
+        for pp in bar:
+            bar.set_postfix_str(f"{pp.source}, {len(data.faces)} faces")
+            if pp.anon is None:
+                data.counts["photos_missing"] += 1
+                data.problems.append(f"{pp.source}: no anonymized photo")
+                continue
+            try:
+                real_img, anon_img = load_image(pp.real), load_image(pp.anon)
+            except ImageLoadError as exc:
+                data.counts["photos_unreadable"] += 1
+                data.problems.append(str(exc))
+                continue
+            if real_img.shape != anon_img.shape:
+                data.counts["photos_unreadable"] += 1
+                data.problems.append(f"{pp.source}: anonymized photo is {anon_img.shape[1]}x{anon_img.shape[0]}, "
+                                     f"real is {real_img.shape[1]}x{real_img.shape[0]}")
+                continue
+            _collect_photo(data, tools, cache, ref, pp.source, real_img, anon_img, manifest_faces, picker,
+                           detection_iou=detection_iou, pair_iou=pair_iou, device=device)
+            del real_img, anon_img  # one decoded pair at a time
+        bar.set_postfix_str(f"{len(data.faces)} faces")
     return data
 
 
@@ -106,8 +149,22 @@ def _boxes(cache: FeatureCache, det, digest: str, image: np.ndarray) -> list:
     return cache.get(("det", digest, det.spec), lambda: det.boxes(image))
 
 
+def _inception(cache: FeatureCache, model, digest: str, crops: list[np.ndarray | None],
+               lms: list[np.ndarray], device: str) -> list[np.ndarray | None]:
+    """Inception features of one photo's crops (batched, cached by image and landmarks)."""
+    from falco.evaluation.quality import inception_features
+
+    keys = [("inception", digest, landmarks_key(lm)) for lm in lms]
+    todo = [i for i, (k, c) in enumerate(zip(keys, crops, strict=True)) if c is not None and k not in cache]
+    if todo:
+        for i, f in zip(todo, inception_features(model, [crops[i] for i in todo], device=device), strict=True):
+            cache.put(keys[i], f)
+    return [cache.get(k, lambda: None) if c is not None else None for k, c in zip(keys, crops, strict=True)]
+
+
 def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source: str, real_img: np.ndarray,
-                   anon_img: np.ndarray, manifest_faces, *, detection_iou: float, pair_iou: float) -> None:
+                   anon_img: np.ndarray, manifest_faces, picker: _Examples, *, detection_iou: float,
+                   pair_iou: float, device: str) -> None:
     rd, ad = image_digest(real_img), image_digest(anon_img)
     for name, det in tools.detectors.items():
         data.detections[name] += count_detected(_boxes(cache, det, rd, real_img), _boxes(cache, det, ad, anon_img),
@@ -143,6 +200,19 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
     data.real_labels += real_labels
     data.anon_labels += anon_labels
     # FID crops and the example grid: the same region of both photos (the real face's alignment)
-    data.real_crops += [_crop(cache, rd, real_img, lm) for lm in real_lms]
-    data.anon_crops += [_crop(cache, ad, anon_img, lm) for lm in real_lms]
+    real_crops = [_crop(real_img, lm) for lm in real_lms]
+    anon_crops = [_crop(anon_img, lm) for lm in real_lms]
+    ok = [r is not None and a is not None for r, a in zip(real_crops, anon_crops, strict=True)]
+    if tools.inception is not None:  # only the faces FID/KID use: both crops exist
+        data.real_feats += _inception(cache, tools.inception, rd, [c if o else None for c, o in zip(real_crops, ok)],
+                                      real_lms, device)
+        data.anon_feats += _inception(cache, tools.inception, ad, [c if o else None for c, o in zip(anon_crops, ok)],
+                                      real_lms, device)
+    else:
+        data.real_feats += [None] * len(faces)
+        data.anon_feats += [None] * len(faces)
+    start = len(data.faces)
+    for i in picker.candidates(ok):
+        data.example_crops[start + i] = (real_crops[i], anon_crops[i])
+    data.crop_ok += ok
     data.faces += faces

@@ -1,15 +1,18 @@
-"""What every evaluation module shares: the "not computed" error, a feature cache, image digests."""
+"""What every evaluation module shares: the "not computed" error, a feature cache, image digests,
+progress bars."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Callable, Hashable
+import sys
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 import numpy as np
 
 from falco.errors import FalcoError
 
-__all__ = ["FeatureCache", "MetricUnavailable", "image_digest", "landmarks_key"]
+__all__ = ["FeatureCache", "MetricUnavailable", "image_digest", "landmarks_key", "progress_bar"]
 
 
 class MetricUnavailable(FalcoError):
@@ -67,3 +70,16 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+@contextlib.contextmanager
+def progress_bar(items: Iterable[Any], *, desc: str, unit: str, enabled: bool = True) -> Iterator[Any]:
+    """A tqdm bar on stderr over ``items`` (a silent one when ``enabled`` is false), closed on exit."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(items, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+               leave=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -15,12 +15,21 @@ Detectors:
 
 A dlib detector spec may carry its upsampling: ``"cnn:0"`` (default: the ``upsample``
 argument of :func:`get_eval_detector`).
+
+Memory of the dlib CNN: its CPU convolutions allocate about 1 GB per megapixel of input
+(after upsampling), so a 2000 x 1500 photo upsampled once needed 13 GB. :func:`cnn_boxes`
+therefore never hands dlib more than :data:`CNN_MAX_PIXELS`: a photo whose (upsampled) size
+fits is scanned whole, exactly as before; a larger one is scanned in overlapping tiles at the
+asked upsampling for the faces small enough to fit a tile's overlap, and, for the larger faces,
+at half the scale (one upsampling less, or the photo halved), recursively; the detections are
+merged by non-maximum suppression. Real and anonymized photos go through the same procedure.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -35,7 +44,9 @@ __all__ = [
     "DetectionCount",
     "EvalDetector",
     "MTCNN_INSTALL",
+    "CNN_MAX_PIXELS",
     "box_iou",
+    "cnn_boxes",
     "count_detected",
     "get_eval_detector",
     "match_boxes",
@@ -60,14 +71,78 @@ class EvalDetector(Protocol):
         ...
 
 
+#: Most pixels (after upsampling) the dlib CNN scans at once (about 1 GB of its CPU buffers).
+CNN_MAX_PIXELS = 1_000_000
+#: Smallest face the MMOD CNN finds, in pixels of its input (dlib: "about 80 x 80").
+CNN_MIN_FACE = 80
+
+
+def _nms(found: list[tuple[Box, float]], iou: float = 0.4, covered: float = 0.7) -> list[tuple[Box, float]]:
+    """Greedy suppression by confidence: drop a box overlapping a kept one (IoU) or mostly inside it."""
+    kept: list[tuple[Box, float]] = []
+    for box, conf in sorted(found, key=lambda bc: -bc[1]):
+        area = max(1, (box[2] - box[0]) * (box[3] - box[1]))
+        ok = True
+        for k, _ in kept:
+            inter = max(0, min(k[2], box[2]) - max(k[0], box[0])) * max(0, min(k[3], box[3]) - max(k[1], box[1]))
+            if box_iou(k, box) > iou or inter / area > covered:
+                ok = False
+                break
+        if ok:
+            kept.append((box, conf))
+    return kept
+
+
+def _tiles(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Start/end of overlapping tiles covering ``[0, length)``, each at most ``tile`` long."""
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, math.ceil((length + (n - 1) * overlap) / n))
+    starts = [min(round(i * (length - size) / (n - 1)), length - size) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def cnn_boxes(image: np.ndarray, upsample: int, max_pixels: int = CNN_MAX_PIXELS) -> list[tuple[Box, float]]:
+    """dlib's CNN detections with bounded memory (see the module docstring). Shape: ``[H, W, 3]`` uint8."""
+    image = check_image(image)
+    h, w = image.shape[:2]
+    scale = 2.0 ** upsample
+    if h * w * scale * scale <= max_pixels:
+        return get_detector("cnn", upsample).detect(image)
+    # faces at least twice the smallest size: the same photo at half the scale
+    if upsample > 0:
+        found = cnn_boxes(image, upsample - 1, max_pixels)
+    else:
+        from PIL import Image
+
+        half = np.asarray(Image.fromarray(image).reduce(2))
+        found = [(tuple(2 * v for v in box), c) for box, c in cnn_boxes(half, 0, max_pixels)]
+    # smaller faces: overlapping tiles at this scale; a face under 2 x the smallest size (with margin)
+    # lies whole in some tile, and a detection touching an inner tile edge is left to the neighbour
+    overlap = math.ceil(2.6 * CNN_MIN_FACE / scale)
+    side = max(int(math.sqrt(max_pixels) / scale), 2 * overlap)
+    det = get_detector("cnn", upsample)
+    for y0, y1 in _tiles(h, side, overlap):
+        for x0, x1 in _tiles(w, side, overlap):
+            for (bx0, by0, bx1, by1), conf in det.detect(np.ascontiguousarray(image[y0:y1, x0:x1])):
+                if (x0 > 0 and bx0 <= 1) or (y0 > 0 and by0 <= 1) or (x1 < w and bx1 >= x1 - x0 - 1) or \
+                        (y1 < h and by1 >= y1 - y0 - 1):
+                    continue
+                found.append(((bx0 + x0, by0 + y0, bx1 + x0, by1 + y0), conf))
+    return _nms(found)
+
+
 @dataclass(frozen=True)
 class DlibEvalDetector:
-    """dlib's HOG or CNN detector (see :mod:`falco.faces.detect`)."""
+    """dlib's HOG or CNN detector (see :mod:`falco.faces.detect`; the CNN through :func:`cnn_boxes`)."""
 
     name: str
     upsample: int = 1
 
     def boxes(self, image: np.ndarray) -> list[Box]:
+        if self.name == "cnn":
+            return sorted(box for box, _ in cnn_boxes(image, self.upsample))
         det = get_detector(self.name, self.upsample)
         return sorted(box for box, _ in det.detect(check_image(image)))
 
@@ -107,6 +182,11 @@ class MtcnnEvalDetector:
     @property
     def spec(self) -> str:
         return "mtcnn"
+
+
+def mtcnn_installed() -> bool:
+    """Whether the ``facenet-pytorch`` package is installed at all (it may still fail to import)."""
+    return importlib.util.find_spec("facenet_pytorch") is not None
 
 
 def mtcnn_available() -> str | None:

@@ -10,6 +10,9 @@ Typical use::
 
 Optional parts are used when available and otherwise reported under ``not_computed`` with
 the reason: MTCNN (``facenet-pytorch``), ArcFace, the FaRL CelebA head, the FID Inception.
+``report.json``'s ``not_installed`` names those missing only because their package or weights
+are not installed (``{"arcface re-id": ["reid_rate.arcface", ...]}``), so that the command can
+say so in one line.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from falco.errors import InputError
 from falco.evaluation.attributes import load_labels_csv
 from falco.evaluation.collect import collect_run
 from falco.evaluation.common import FeatureCache
+from falco.evaluation.detection import CNN_MAX_PIXELS
 from falco.evaluation.pairing import list_photo_pairs, manifest_path, read_manifest_faces, read_manifest_sources
 from falco.evaluation.summary import summarise_run
 from falco.evaluation.tools import Tools, build_tools
@@ -48,7 +52,10 @@ class EvalConfig:
         names: Run names, one per ``anon`` (default: the folder names).
         pairs: Run manifests to pair faces by: none, one per ``anon``, or one for all.
         labels: CSV of user attribute labels (see :func:`~falco.evaluation.attributes.load_labels_csv`).
-        detectors: Detection-rate detectors (``hog``, ``cnn``, ``cnn:0``, ``mtcnn``).
+        detectors: Detection-rate detectors (``hog``, ``cnn``, ``cnn:0``, ``mtcnn``). The default
+            runs the CNN without upsampling (``cnn:0``): the MMOD CNN finds faces from about
+            80 px on its own, and each upsampling quadruples its time and memory on a CPU (``cnn``
+            alone takes ``upsample``).
         recognizers: ``dlib`` and/or ``arcface``.
         classifiers: ``landmarks`` and/or ``farl-celeba``.
         reference_detector: Detector that finds the real faces when there is no manifest.
@@ -59,6 +66,7 @@ class EvalConfig:
         examples: Face pairs per run in the HTML example grid (0: none).
         models: Model set directory (``--models``), for ArcFace, FaRL head and Inception.
         device: ``cpu`` or ``cuda[:N]`` for the torch networks.
+        progress: Progress bars on stderr (per run: one step per photo pair, then one per metric).
     """
 
     real: Path
@@ -66,7 +74,7 @@ class EvalConfig:
     names: tuple[str, ...] = ()
     pairs: tuple[Path, ...] = ()
     labels: Path | None = None
-    detectors: tuple[str, ...] = ("hog", "cnn", "mtcnn")
+    detectors: tuple[str, ...] = ("hog", "cnn:0", "mtcnn")
     recognizers: tuple[str, ...] = ("dlib", "arcface")
     classifiers: tuple[str, ...] = ("landmarks", "farl-celeba")
     reference_detector: str = "hog"
@@ -77,6 +85,7 @@ class EvalConfig:
     examples: int = 8
     models: Path | None = None
     device: str = "cpu"
+    progress: bool = True
 
 
 @dataclass
@@ -154,16 +163,18 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         "real": str(real_root),
         "settings": _settings(cfg, tools),
         "notes": list(tools.notes),
+        "not_installed": {label: list(keys) for label, keys in tools.not_installed.items()},
         "runs": {},
     })
     for name, anon_root, manifest in zip(names, cfg.anon, pairs, strict=True):
         say(f"evaluating {name}: {anon_root}")
         photo_pairs, manifest_faces, extra = _pairs(real_root, Path(anon_root), manifest)
         data = collect_run(tools, cache, photo_pairs, manifest_faces, reference_detector=cfg.reference_detector,
-                           upsample=cfg.upsample, detection_iou=cfg.detection_iou, pair_iou=cfg.pair_iou)
+                           upsample=cfg.upsample, detection_iou=cfg.detection_iou, pair_iou=cfg.pair_iou,
+                           examples=cfg.examples, device=cfg.device, progress=cfg.progress, desc=f"{name}: photos")
         data.counts.update(extra)
         run, examples, faces = summarise_run(data, tools, cache, labels=labels, device=cfg.device,
-                                             examples=cfg.examples)
+                                             examples=cfg.examples, progress=cfg.progress, desc=f"{name}: metrics")
         pairing = (f"manifest:{manifest_path(manifest)}" if manifest is not None else
                    f"box-iou:{cfg.reference_detector}:{cfg.upsample}>={cfg.pair_iou}")
         report.data["runs"][name] = {"anon": str(anon_root), "pairing": pairing, **run}
@@ -189,6 +200,8 @@ def _pairs(real_root: Path, anon_root: Path, manifest: Path | None):
 def _settings(cfg: EvalConfig, tools: Tools) -> dict[str, Any]:
     return {
         "detectors": {n: getattr(d, "spec", n) for n, d in tools.detectors.items()},
+        "cnn_scan": (f"photos over {CNN_MAX_PIXELS / 1e6:g} megapixels after upsampling are scanned in overlapping "
+                     "tiles plus a half-scale pass, merged by non-maximum suppression"),
         "reference_detector": f"{cfg.reference_detector}:{cfg.upsample}",
         "detection_iou": cfg.detection_iou,
         "pair_iou": cfg.pair_iou,

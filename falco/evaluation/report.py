@@ -121,7 +121,8 @@ def _method_notes(data: dict[str, Any]) -> list[str]:
     notes = [
         "Detection rate: share of the faces a detector finds in the real photos that the same detector finds "
         f"again in the anonymized photos (IoU >= {s['detection_iou']}, one-to-one). Detectors: "
-        + ", ".join(f"{k} ({v})" for k, v in s["detectors"].items()) + ".",
+        + ", ".join(f"{k} ({v})" for k, v in s["detectors"].items()) + "."
+        + (f" dlib CNN: {s['cnn_scan']}." if "cnn" in s["detectors"] and s.get("cnn_scan") else ""),
         "Re-identification rate: share of anonymized faces the recogniser calls the same person as their own "
         "real face. Rank-1 identification: share whose nearest real face (gallery: all real faces of the run) "
         "is their own.",

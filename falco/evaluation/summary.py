@@ -12,7 +12,7 @@ import numpy as np
 
 from falco.evaluation.attributes import FaceLabels, agreement, label_accuracy, lookup_labels
 from falco.evaluation.collect import RunData
-from falco.evaluation.common import FeatureCache
+from falco.evaluation.common import FeatureCache, progress_bar
 from falco.evaluation.detection import box_iou
 from falco.evaluation.landmarks import head_pose, landmark_nme
 from falco.evaluation.pairing import FacePair
@@ -23,8 +23,12 @@ __all__ = ["summarise_run"]
 
 
 def summarise_run(data: RunData, tools: Tools, cache: FeatureCache, *, labels: FaceLabels | None = None,
-                  device: str = "cpu", examples: int = 8) -> tuple[dict[str, Any], list[dict], list[dict]]:
+                  device: str = "cpu", examples: int = 8, progress: bool = False,
+                  desc: str = "metrics") -> tuple[dict[str, Any], list[dict], list[dict]]:
     """Metrics of one run.
+
+    Args:
+        progress: Show a progress bar on stderr (one step per metric).
 
     Returns:
         ``(run, examples, face_rows)``: the JSON entry, up to ``examples`` crop pairs for the
@@ -42,16 +46,20 @@ def summarise_run(data: RunData, tools: Tools, cache: FeatureCache, *, labels: F
     details: dict[str, Any] = {}
     missing = dict(tools.unavailable)
 
-    _detection(run, counts, details, missing, data)
-    _reid(run, counts, details, missing, data, tools)
-    _geometry(run, counts, details, missing, faces)
-    _attributes(run, counts, details, missing, data, tools)
+    steps = [("detection", lambda: _detection(run, counts, details, missing, data)),
+             ("re-id", lambda: _reid(run, counts, details, missing, data, tools)),
+             ("landmarks", lambda: _geometry(run, counts, details, missing, faces)),
+             ("attributes", lambda: _attributes(run, counts, details, missing, data, tools))]
     if labels is not None:
-        _labels(run, counts, details, missing, data, labels)
-    _quality(run, counts, missing, data, tools, cache, device)
+        steps.append(("labels", lambda: _labels(run, counts, details, missing, data, labels)))
+    steps.append(("fid/kid", lambda: _quality(run, counts, missing, data, tools)))
+    with progress_bar(steps, desc=desc, unit="metric", enabled=progress) as bar:
+        for what, step in bar:
+            bar.set_postfix_str(what)
+            step()
 
     run.update(counts=counts, details=details, not_computed=missing, problems=list(data.problems))
-    return run, _examples(data, examples), [_face_row(f) for f in faces]
+    return run, pick_examples(data, examples), [_face_row(f) for f in faces]
 
 
 def _detection(run, counts, details, missing, data: RunData) -> None:
@@ -141,37 +149,35 @@ def _labels(run, counts, details, missing, data: RunData, labels: FaceLabels) ->
         missing["label_accuracy.mean"] = "no labelled face matched a paired face"
 
 
-def _quality(run, counts, missing, data: RunData, tools: Tools, cache: FeatureCache, device: str) -> None:
-    """FID and KID over the face pairs where both crops exist; Inception features cached per crop."""
+def _quality(run, counts, missing, data: RunData, tools: Tools) -> None:
+    """FID and KID over the face pairs where both crops exist (features computed while collecting)."""
     run["fid"] = run["kid"] = None
-    keep = [(r, a) for r, a in zip(data.real_crops, data.anon_crops, strict=True)
-            if r[1] is not None and a[1] is not None]
+    keep = [i for i, ok in enumerate(data.crop_ok) if ok]
     counts["fid"] = counts["kid"] = len(keep)
     if tools.inception is None:
         return
     if len(keep) < 2:
         missing["fid"] = missing["kid"] = f"needs at least 2 face pairs, got {len(keep)}"
         return
-    from falco.evaluation.quality import frechet_distance, inception_features, kernel_inception_distance
+    from falco.evaluation.quality import frechet_distance, kernel_inception_distance
 
-    crops = {key: crop for pair in keep for key, crop in pair}
-    todo = [k for k in crops if ("inception",) + k not in cache]
-    feats = inception_features(tools.inception, [crops[k] for k in todo], device=device)
-    for k, f in zip(todo, feats, strict=True):
-        cache.put(("inception",) + k, f)
-    fr = np.stack([cache.get(("inception",) + r[0], lambda: None) for r, _ in keep])
-    fa = np.stack([cache.get(("inception",) + a[0], lambda: None) for _, a in keep])
+    fr = np.stack([data.real_feats[i] for i in keep])
+    fa = np.stack([data.anon_feats[i] for i in keep])
     run["fid"] = frechet_distance(fr, fa)
     run["kid"] = kernel_inception_distance(fr, fa)
 
 
-def _examples(data: RunData, k: int) -> list[dict[str, Any]]:
-    """Up to ``k`` pairs, one face per photo in turn, so that many photos are shown."""
+def pick_examples(data: RunData, k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` pairs, one face per photo in turn, so that many photos are shown.
+
+    Only faces whose crops :func:`~falco.evaluation.collect.collect_run` kept can be picked;
+    it keeps every face this round-robin can reach (the first ``k`` of the first ``k`` photos).
+    """
     if k <= 0:
         return []
     by_photo: dict[str, list[int]] = {}
     for i, f in enumerate(data.faces):
-        if data.real_crops[i][1] is not None and data.anon_crops[i][1] is not None:
+        if i in data.example_crops:
             by_photo.setdefault(f.source, []).append(i)
     chosen: list[int] = []
     queues = list(by_photo.values())
@@ -179,8 +185,8 @@ def _examples(data: RunData, k: int) -> list[dict[str, Any]]:
         for q in queues:
             if q and len(chosen) < k:
                 chosen.append(q.pop(0))
-    return [{"source": data.faces[i].source, "face_index": data.faces[i].face_index, "real": data.real_crops[i][1],
-             "anon": data.anon_crops[i][1], "results": data.faces[i].results,
+    return [{"source": data.faces[i].source, "face_index": data.faces[i].face_index,
+             "real": data.example_crops[i][0], "anon": data.example_crops[i][1], "results": data.faces[i].results,
              "detected": data.faces[i].anon_box is not None} for i in sorted(chosen)]
 
 

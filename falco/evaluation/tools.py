@@ -2,7 +2,9 @@
 
 Optional parts never fail an evaluation: each one that cannot be built leaves its reason
 under the dotted key of the metric it would have produced (``detection_rate.mtcnn``,
-``reid_rate.arcface``, ``attribute_agreement.farl-celeba``, ``fid``...).
+``reid_rate.arcface``, ``attribute_agreement.farl-celeba``, ``fid``...). Those missing only
+because their package or weights are not installed are also listed in ``Tools.not_installed``
+under a short label (``"arcface re-id"``), which the command prints in one line.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from falco.errors import FalcoError, InputError
+from falco.errors import FalcoError, InputError, ModelNotFoundError
 from falco.evaluation.common import MetricUnavailable
+from falco.evaluation import detection as _detection
 from falco.evaluation.detection import get_eval_detector
 from falco.evaluation.landmarks import LandmarkAttributes
 from falco.evaluation.reid import ArcFaceRecognizer, DlibRecognizer
@@ -32,7 +35,14 @@ class Tools:
     classifiers: list[Any] = field(default_factory=list)
     inception: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    not_installed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    def _missing(self, label: str, keys: tuple[str, ...], reason: str, installed: bool = True) -> None:
+        for key in keys:
+            self.unavailable[key] = reason
+        if not installed:
+            self.not_installed[label] = keys
 
 
 def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classifiers: Sequence[str],
@@ -49,7 +59,8 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
         try:
             tools.detectors[name] = get_eval_detector(spec, upsample, device)
         except MetricUnavailable as exc:
-            tools.unavailable[f"detection_rate.{name}"] = str(exc)
+            tools._missing(f"{name} detection", (f"detection_rate.{name}",), str(exc),
+                           installed=name != "mtcnn" or _detection.mtcnn_installed())
 
     for name in recognizers:
         if name == "dlib":
@@ -58,8 +69,8 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             try:
                 rec = ArcFaceRecognizer.from_models(models, device=device)
             except FalcoError as exc:
-                reason = f"ArcFace weights not available: {exc}"
-                tools.unavailable["reid_rate.arcface"] = tools.unavailable["rank1_identification.arcface"] = reason
+                tools._missing("arcface re-id", ("reid_rate.arcface", "rank1_identification.arcface"),
+                               f"ArcFace weights not available: {exc}", not isinstance(exc, ModelNotFoundError))
                 continue
             if rec.tiny:
                 tools.notes.append("ArcFace comes from a tiny random model set: its re-identification numbers "
@@ -75,8 +86,9 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             try:
                 tools.classifiers.append(_farl_head(models, device))
             except FalcoError as exc:
-                reason = f"FaRL CelebA attribute head not available: {exc}"
-                tools.unavailable["attribute_agreement.farl-celeba"] = reason
+                tools._missing("farl-celeba attributes", ("attribute_agreement.farl-celeba",),
+                               f"FaRL CelebA attribute head not available: {exc}",
+                               not isinstance(exc, ModelNotFoundError))
         else:
             raise InputError(f"classifiers: unknown {name!r}; choose from {', '.join(CLASSIFIERS)}")
 
@@ -86,7 +98,8 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
         try:
             tools.inception = _inception(models, device)
         except FalcoError as exc:
-            tools.unavailable["fid"] = tools.unavailable["kid"] = f"FID Inception weights not available: {exc}"
+            tools._missing("fid/kid", ("fid", "kid"), f"FID Inception weights not available: {exc}",
+                           not isinstance(exc, ModelNotFoundError))
     return tools
 
 

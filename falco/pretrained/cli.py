@@ -1,6 +1,5 @@
 """``falco models ...``: list, download and verify pretrained model sets.
 
-The lead wires this in ``falco/cli.py`` with ``app.add_typer(models_app, name="models")``.
 Errors print as one ``error: ...`` line on stderr: exit 1 when a download failed
 (``DownloadError``), exit 2 for any other ``FalcoError`` (bad name, checksum mismatch,
 missing file); ``verify`` exits 1 when a model is missing or corrupt.
@@ -13,19 +12,16 @@ from typing import Optional
 
 import typer
 
+from falco.cli_options import APP_SETTINGS, Command, MODELS_HELP
 from falco.errors import DownloadError, FalcoError
 
 models_app = typer.Typer(
     name="models",
     help="Pretrained models: list, download (resumable, sha256-verified) and verify a model set.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    **APP_SETTINGS,
 )
 
 TINY_BANNER = "tiny random model set: outputs are not meaningful"
-
-_MODELS_HELP = "Model set directory (default: $FALCO_HOME/models, else ~/.cache/falco/models)."
 
 
 def _fail(exc: FalcoError) -> typer.Exit:
@@ -50,9 +46,9 @@ def _console():
     return Console(soft_wrap=False)
 
 
-@models_app.command("list")
+@models_app.command("list", cls=Command)
 def list_command(
-    models: Optional[Path] = typer.Option(None, "--models", help=_MODELS_HELP),
+    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
 ) -> None:
     """Show every registry model: installed?, size and licence (* = default for its role)."""
     from rich.table import Table
@@ -88,10 +84,10 @@ def list_command(
     typer.echo("Most face weights are for non-commercial research only; see pretrained/README.md.")
 
 
-@models_app.command("download")
+@models_app.command("download", cls=Command)
 def download_command(
-    names: Optional[list[str]] = typer.Argument(None, help="Registry names or roles (default: one per role)."),
-    models: Optional[Path] = typer.Option(None, "--models", help=_MODELS_HELP),
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Registry names or roles (default: one per role)."),
+    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
     from_dir: Optional[Path] = typer.Option(
         None, "--from-dir", help="Import files fetched by hand from DIR (verified like downloads)."
     ),
@@ -121,10 +117,10 @@ def download_command(
         typer.echo(r.describe())
 
 
-@models_app.command("verify")
+@models_app.command("verify", cls=Command)
 def verify_command(
-    names: Optional[list[str]] = typer.Argument(None, help="Registry names or roles (default: the whole set)."),
-    models: Optional[Path] = typer.Option(None, "--models", help=_MODELS_HELP),
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Registry names or roles (default: the whole set)."),
+    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
     rehash: bool = typer.Option(False, "--rehash", help="Ignore the sha256 cache (size + mtime) and hash again."),
 ) -> None:
     """Check installed models against their sha256 (tiny sets: against their manifest)."""
@@ -154,9 +150,9 @@ def verify_command(
     typer.echo(f"{len(results)} models ok in {root}")
 
 
-@models_app.command("tiny")
+@models_app.command("tiny", cls=Command)
 def tiny_command(
-    directory: Path = typer.Argument(..., help="Where to write the tiny model set (created if needed)."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Where to write the tiny model set (created if needed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:
     """Write a tiny random model set in the real file formats (offline runs and tests)."""

@@ -158,8 +158,8 @@ def write_manifest(
     Args:
         directory: The model set.
         kind: ``"pretrained"`` or ``"tiny-random"``.
-        files: Registry name -> path of the file (in ``directory``), or a ready manifest
-            record (``{"filename", "sha256", "size", ...}``).
+        files: Registry name -> path of the file in ``directory`` (absolute, or a bare file
+            name), or a ready manifest record (``{"filename", "sha256", "size", ...}``).
         defaults: Optional role -> registry name override for this set.
         note: Free text stored as ``note``.
         **extra: More top-level keys (JSON-serialisable).
@@ -176,8 +176,10 @@ def write_manifest(
             records[name] = dict(value)
             continue
         path = Path(value)
-        if not path.is_absolute():
-            path = directory / path
+        if not path.is_absolute():  # relative to the set, whatever the working directory
+            path = directory / path.name
+        if path.parent.resolve() != directory.resolve():
+            raise InputError(f"write_manifest: {str(value)!r} is not a file of the model set {str(directory)!r}")
         records[name] = {
             "filename": path.name,
             "sha256": file_sha256(path, cache_dir=directory),

@@ -69,7 +69,7 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
     from falco.models.e4e import tiny_e4e
     from falco.models.farl import tiny_farl_state_dict
 
-    d = Path(directory).expanduser()
+    d = Path(directory).expanduser().absolute()
     d.mkdir(parents=True, exist_ok=True)
     G = tiny_generator(seed)
     g_sd = {k: v.clone() for k, v in G.state_dict().items() if k != "w_avg"}
