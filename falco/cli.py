@@ -225,6 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     except FalcoError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:  # stylegan2_ops is a package of its own, with its own errors
+        ops = sys.modules.get("stylegan2_ops.errors")
+        if ops is None or not isinstance(exc, ops.OpsError):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:  # outside the command's own handling (e.g. while importing)
         typer.echo(INTERRUPTED, err=True)
         sys.exit(EXIT_INTERRUPTED)

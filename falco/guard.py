@@ -72,7 +72,7 @@ class Recognizers:
     """The recognisers the guard uses: dlib always, ArcFace when real weights are installed."""
 
     def __init__(self, arcface: Any | None = None) -> None:
-        from falco.evaluation.reid import DlibRecognizer
+        from falco.faces.recognizers import DlibRecognizer
 
         self.dlib = DlibRecognizer()
         self.arcface = arcface
@@ -84,7 +84,7 @@ class Recognizers:
     def check_many(self, original: np.ndarray, output: np.ndarray, faces: Sequence[AlignedFace]
                    ) -> list[list[IdentityCheck]]:
         """:meth:`check` for several faces of one photo, each network called once per photo."""
-        from falco.evaluation.reid import pair_scores, same_person
+        from falco.faces.recognizers import pair_scores, same_person
 
         if not faces:
             return []

@@ -10,13 +10,13 @@ cannot decode. ``save_image`` writes through a temporary file in the destination
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from falco.atomic import atomic_path
 from falco.errors import ImageLoadError, InputError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "load_image", "save_image"]
@@ -125,17 +125,10 @@ def save_image(
         kwargs = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
     elif fmt == "WEBP":
         kwargs = {"quality": quality}
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            im.save(fh, format=fmt, **kwargs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if not path.parent.is_dir():
+        raise FileNotFoundError(2, "No such directory", str(path.parent))
+    with atomic_path(path, fsync=True) as tmp:
+        im.save(tmp, format=fmt, **kwargs)
     return path
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from falco.atomic import atomic_path, atomic_write_bytes, atomic_write_text, publish_mode  # noqa: F401 (re-exported)
 from falco.errors import InputError
 from falco.imageio import load_image, save_image  # noqa: F401  (re-exported)
 
@@ -94,65 +95,26 @@ def check_output_dir(out_dir: str | Path, input_path: str | Path) -> Path:
 def check_writable_dir(out_dir: str | Path, option: str = "--out") -> None:
     """Fail early, with one line, when ``out_dir`` cannot be created or written.
 
-    Creates what is missing and a probe file, then removes both: nothing is left behind.
+    Nothing is created or left behind: a probe file (or, where ``out_dir`` does not exist yet,
+    a probe folder in its nearest existing parent) is made and removed at once. Other
+    processes creating ``out_dir`` at the same time (array tasks) are not disturbed.
 
     Raises:
         InputError: naming ``option`` and the folder, with the system's reason.
     """
     out = Path(out_dir)
-    made: list[Path] = []
+    base = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     try:
-        missing = [p for p in (out, *out.parents) if not p.exists()]
-        for p in reversed(missing):
-            p.mkdir()
-            made.append(p)
-        if not out.is_dir():
+        if not base.is_dir():
             raise NotADirectoryError(20, "Not a directory")
-        fd, probe = tempfile.mkstemp(prefix=".falco-probe.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        if base == out:
+            fd, probe = tempfile.mkstemp(prefix=".falco-probe.", dir=out)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".falco-probe.", dir=base))
     except OSError as exc:
         raise InputError(f"{option} {str(out_dir)!r} cannot be written: {exc.strerror or exc}") from None
-    finally:
-        for p in reversed(made):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-
-
-@contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; renamed onto it only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        publish_mode(tmp)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_mode(path: str | Path) -> None:
-    """Give a file the usual mode (0666 minus the umask), e.g. one written through a private temp file."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def atomic_write_bytes(final: str | Path, data: bytes) -> Path:
-    """Write bytes to ``final`` atomically (temp file + rename)."""
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-    return Path(final)
 
 
 def save_tensors(final: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -170,7 +132,8 @@ def load_tensors(path: str | Path) -> dict:
     return load(Path(path).read_bytes())
 
 
-__all__ = ["InputItem", "discover_inputs", "display_path", "check_writable_dir", "check_output_dir", "atomic_path", "atomic_write_bytes",
+__all__ = ["InputItem", "discover_inputs", "display_path", "check_writable_dir", "check_output_dir", "atomic_path",
+           "atomic_write_bytes", "atomic_write_text", "publish_mode",
            "save_tensors", "load_tensors", "load_image", "save_image"]
 
 

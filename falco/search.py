@@ -81,7 +81,6 @@ FAISS's thread count (``faiss.omp_set_num_threads``) is left as it is.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -531,16 +530,10 @@ class FeatureIndex:
     # -- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index with ``faiss.write_index`` (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            faiss.write_index(self._cpu_index, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from falco.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._cpu_index, str(tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> FeatureIndex:

@@ -14,12 +14,15 @@ import torch
 
 from . import _build, _impl
 from ._bias_act import ACTIVATIONS, bias_act
-from ._build import BuildError, build_extension
+from ._build import build_extension
+from .errors import BuildError, OpInputError, OpsError
 from ._upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = [
     "ACTIVATIONS",
     "BuildError",
+    "OpInputError",
+    "OpsError",
     "bias_act",
     "build_extension",
     "downsample2d",

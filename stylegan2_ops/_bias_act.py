@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from falco.errors import InputError
+from .errors import OpInputError
 
 from . import _impl
 
@@ -79,31 +79,31 @@ class _Config:
 
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"bias_act: {name} must be a number or None; got {value!r}")
+        raise OpInputError(f"bias_act: {name} must be a number or None; got {value!r}")
     if not math.isfinite(float(value)):
-        raise InputError(f"bias_act: {name} must be finite; got {value!r}")
+        raise OpInputError(f"bias_act: {name} must be finite; got {value!r}")
     return float(value)
 
 
 def _parse(x: object, b: object, dim: object, act: object, alpha: object, gain: object, clamp: object) -> _Config:
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"bias_act: x must be a torch.Tensor; got {type(x).__name__}")
+        raise OpInputError(f"bias_act: x must be a torch.Tensor; got {type(x).__name__}")
     if not isinstance(act, str) or act not in ACTIVATIONS:
-        raise InputError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
+        raise OpInputError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
     spec = ACTIVATIONS[act]
     if isinstance(dim, bool) or not isinstance(dim, int):
-        raise InputError(f"bias_act: dim must be an int; got {dim!r}")
+        raise OpInputError(f"bias_act: dim must be an int; got {dim!r}")
     if b is not None:
         if not isinstance(b, torch.Tensor) or b.ndim != 1:
             shape = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-            raise InputError(f"bias_act: b must be a 1-d tensor or None; got {shape}")
+            raise OpInputError(f"bias_act: b must be a 1-d tensor or None; got {shape}")
         if not -x.ndim <= dim < x.ndim:
-            raise InputError(f"bias_act: dim must be in [{-x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}; got {dim}")
+            raise OpInputError(f"bias_act: dim must be in [{-x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}; got {dim}")
         dim %= x.ndim
         if b.shape[0] != x.shape[dim]:
-            raise InputError(f"bias_act: b must have x.shape[{dim}] = {x.shape[dim]} elements; got {b.shape[0]}")
+            raise OpInputError(f"bias_act: b must have x.shape[{dim}] = {x.shape[dim]} elements; got {b.shape[0]}")
         if b.device != x.device:
-            raise InputError(f"bias_act: b must be on the device of x ({x.device}); got {b.device}")
+            raise OpInputError(f"bias_act: b must be on the device of x ({x.device}); got {b.device}")
     alpha = spec.def_alpha if alpha is None else _number("alpha", alpha)
     gain = spec.def_gain if gain is None else _number("gain", gain)
     if clamp is None:
@@ -111,7 +111,7 @@ def _parse(x: object, b: object, dim: object, act: object, alpha: object, gain: 
     else:
         clamp = _number("clamp", clamp)
         if clamp < 0:
-            raise InputError(f"bias_act: clamp must be >= 0 or None; got {clamp}")
+            raise OpInputError(f"bias_act: clamp must be >= 0 or None; got {clamp}")
     return _Config(act=act, dim=dim, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -147,7 +147,7 @@ def bias_act(
         x: ``[*]``; b: ``[x.shape[dim]]``; output: ``[*]``.
 
     Raises:
-        InputError: Bad ``act``, ``b`` shape, ``dim``, ``clamp``, ``impl``, or ``impl='cuda'`` with a CPU tensor.
+        OpInputError: Bad ``act``, ``b`` shape, ``dim``, ``clamp``, ``impl``, or ``impl='cuda'`` with a CPU tensor.
     """
     cfg = _parse(x, b, dim, act, alpha, gain, clamp)
     if b is not None and b.dtype != x.dtype:

@@ -27,7 +27,7 @@ from types import ModuleType
 
 import torch
 
-from falco.errors import FalcoError
+from .errors import BuildError
 
 __all__ = [
     "EXTENSIONS", "BuildError", "Toolchain", "build_dir", "build_extension", "build_root", "failure", "find_toolchain",
@@ -49,10 +49,6 @@ CUDA_CFLAGS = ("-O3", "--use_fast_math")
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
-
-
-class BuildError(FalcoError, RuntimeError):
-    """A CUDA extension could not be built or loaded (the message says why)."""
 
 
 @dataclasses.dataclass(frozen=True)

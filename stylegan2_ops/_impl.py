@@ -2,7 +2,7 @@
 
 Rules:
   * ``impl='ref'`` always runs the twin; ``impl='cuda'`` needs a CUDA tensor (else
-    :class:`~falco.errors.InputError`) and a working build (else :class:`BuildError`).
+    :class:`~stylegan2_ops.errors.OpInputError`) and a working build (else :class:`BuildError`).
   * ``impl='auto'`` follows ``$FALCO_OPS`` (default ``auto``): ``ref`` forces the twin, ``cuda``
     behaves like ``impl='cuda'`` for CUDA tensors (a failed build raises instead of falling back),
     ``auto`` uses CUDA for CUDA tensors when the build works and the twin otherwise. A failed
@@ -19,7 +19,7 @@ from types import ModuleType
 
 import torch
 
-from falco.errors import InputError
+from .errors import OpInputError
 
 from . import _build
 
@@ -39,7 +39,7 @@ def requested() -> str:
 def _requested_checked() -> str:
     value = requested()
     if value not in IMPLS:
-        raise InputError(f"environment variable {ENV_VAR} must be one of {', '.join(IMPLS)}; got {value!r}")
+        raise OpInputError(f"environment variable {ENV_VAR} must be one of {', '.join(IMPLS)}; got {value!r}")
     return value
 
 
@@ -77,7 +77,7 @@ def select(op: str, x: torch.Tensor, impl: str, *, supported: bool = True) -> Mo
         The extension module to run, or None for the twin.
     """
     if impl not in IMPLS:
-        raise InputError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+        raise OpInputError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
     strict = impl == "cuda"
     if impl == "auto":
         env = _requested_checked()
@@ -89,11 +89,11 @@ def select(op: str, x: torch.Tensor, impl: str, *, supported: bool = True) -> Mo
 
     if x.device.type != "cuda":
         if impl == "cuda":
-            raise InputError(f"{op}: impl='cuda' needs a CUDA tensor; got x on {x.device} (use impl='auto' or 'ref')")
+            raise OpInputError(f"{op}: impl='cuda' needs a CUDA tensor; got x on {x.device} (use impl='auto' or 'ref')")
         return _use(op, None)
     if not supported:
         if strict:
-            raise InputError(f"{op}: the CUDA kernel does not support this input (dtype {x.dtype}); use impl='ref'")
+            raise OpInputError(f"{op}: the CUDA kernel does not support this input (dtype {x.dtype}); use impl='ref'")
         return _use(op, None)
     try:
         module = _build.build_extension(op)

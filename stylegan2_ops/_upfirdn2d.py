@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from falco.errors import InputError
+from .errors import OpInputError
 
 from . import _impl
 
@@ -49,10 +49,10 @@ def _parse_scaling(op: str, name: str, value: object) -> tuple[int, int]:
     if _is_int(value):
         value = [value, value]
     if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_int(v) for v in value):
-        raise InputError(f"{op}: {name} must be an int or a pair [x, y] of ints; got {value!r}")
+        raise OpInputError(f"{op}: {name} must be an int or a pair [x, y] of ints; got {value!r}")
     sx, sy = int(value[0]), int(value[1])
     if sx < 1 or sy < 1:
-        raise InputError(f"{op}: {name} must be >= 1; got {value!r}")
+        raise OpInputError(f"{op}: {name} must be >= 1; got {value!r}")
     return sx, sy
 
 
@@ -60,7 +60,7 @@ def _parse_padding(op: str, padding: object) -> tuple[int, int, int, int]:
     if _is_int(padding):
         padding = [padding, padding]
     if not isinstance(padding, (list, tuple)) or len(padding) not in (2, 4) or not all(_is_int(v) for v in padding):
-        raise InputError(f"{op}: padding must be an int, [x, y] or [x0, x1, y0, y1] of ints; got {padding!r}")
+        raise OpInputError(f"{op}: padding must be an int, [x, y] or [x0, x1, y0, y1] of ints; got {padding!r}")
     if len(padding) == 2:
         padding = [padding[0], padding[0], padding[1], padding[1]]
     px0, px1, py0, py1 = (int(v) for v in padding)
@@ -72,11 +72,11 @@ def _check_filter(op: str, f: object) -> None:
         return
     if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2):
         got = f"shape {tuple(f.shape)}" if isinstance(f, torch.Tensor) else type(f).__name__
-        raise InputError(f"{op}: f must be a 1-d (separable) or 2-d filter tensor, or None; got {got}")
+        raise OpInputError(f"{op}: f must be a 1-d (separable) or 2-d filter tensor, or None; got {got}")
     if f.numel() == 0 or not f.is_floating_point():
-        raise InputError(f"{op}: f must be a non-empty floating-point tensor; got {f.dtype} with {f.numel()} elements")
+        raise OpInputError(f"{op}: f must be a non-empty floating-point tensor; got {f.dtype} with {f.numel()} elements")
     if f.requires_grad:
-        raise InputError(f"{op}: f must not require grad (filters are constants); detach it first")
+        raise OpInputError(f"{op}: f must not require grad (filters are constants); detach it first")
 
 
 def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
@@ -88,11 +88,11 @@ def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
 
 def _check_x(op: str, x: object) -> None:
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"{op}: x must be a torch.Tensor; got {type(x).__name__}")
+        raise OpInputError(f"{op}: x must be a torch.Tensor; got {type(x).__name__}")
     if x.ndim != 4:
-        raise InputError(f"{op}: x must be 4-d [batch, channels, height, width]; got shape {tuple(x.shape)}")
+        raise OpInputError(f"{op}: x must be 4-d [batch, channels, height, width]; got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise InputError(f"{op}: x must be floating point; got {x.dtype}")
+        raise OpInputError(f"{op}: x must be floating point; got {x.dtype}")
 
 
 def setup_filter(
@@ -123,7 +123,7 @@ def setup_filter(
         f = 1
     f = torch.as_tensor(f, dtype=torch.float32).clone()
     if f.ndim not in (0, 1, 2) or f.numel() == 0:
-        raise InputError(f"setup_filter: f must be a scalar, 1-d or 2-d and non-empty; got shape {tuple(f.shape)}")
+        raise OpInputError(f"setup_filter: f must be a scalar, 1-d or 2-d and non-empty; got shape {tuple(f.shape)}")
     if f.ndim == 0:
         f = f[None]
     if separable is None:
@@ -131,7 +131,7 @@ def setup_filter(
     if f.ndim == 1 and not separable:
         f = torch.outer(f, f)
     if f.ndim != (1 if separable else 2):
-        raise InputError("setup_filter: a 2-d filter cannot be made separable")
+        raise OpInputError("setup_filter: a 2-d filter cannot be made separable")
     if normalize:
         f = f / f.sum()
     if flip_filter:
@@ -176,7 +176,7 @@ def upfirdn2d(
         (W * up_x + px0 + px1 - fw) // down_x + 1]``.
 
     Raises:
-        InputError: Wrong ``x``/``f`` rank, bad ``up``/``down``/``padding``/``impl``, an empty output,
+        OpInputError: Wrong ``x``/``f`` rank, bad ``up``/``down``/``padding``/``impl``, an empty output,
             or ``impl='cuda'`` with a CPU tensor.
     """
     op = "upfirdn2d"
@@ -187,7 +187,7 @@ def upfirdn2d(
     _, _, h, w = x.shape
     span_w, span_h = w * g.upx + g.padx0 + g.padx1 - fw, h * g.upy + g.pady0 + g.pady1 - fh
     if span_w < 0 or span_h < 0:
-        raise InputError(
+        raise OpInputError(
             f"{op}: the padded image ({span_h + fh}x{span_w + fw}) is smaller than the filter "
             f"({fh}x{fw}); x has shape {tuple(x.shape)}, padding={padding!r}, up={up!r}")
     out_numel = x.shape[0] * x.shape[1] * (span_h // g.downy + 1) * (span_w // g.downx + 1)
@@ -204,7 +204,7 @@ def _geometry(up: Scaling, down: Scaling, padding: Padding, flip_filter: bool, g
     downx, downy = _parse_scaling(op, "down", down)
     px0, px1, py0, py1 = _parse_padding(op, padding)
     if isinstance(gain, bool) or not isinstance(gain, (int, float)):
-        raise InputError(f"{op}: gain must be a number; got {gain!r}")
+        raise OpInputError(f"{op}: gain must be a number; got {gain!r}")
     return _Geometry(upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain))
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import stylegan2_ops as so
-from falco.errors import InputError
+from stylegan2_ops import OpInputError as InputError
 from stylegan2_ops import _bias_act, _build, _impl
 from tests.conftest import kernel_backend
 

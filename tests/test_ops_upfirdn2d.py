@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import stylegan2_ops as so
-from falco.errors import InputError
+from stylegan2_ops import OpInputError as InputError
 from stylegan2_ops import _upfirdn2d
 from tests.conftest import kernel_backend
 

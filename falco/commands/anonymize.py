@@ -273,7 +273,7 @@ def make_guard(cfg: AnonymizeConfig, device: torch.device):
     arcface = None
     if cfg.guard != "off" and not is_tiny(cfg.models):
         try:
-            from falco.evaluation.reid import ArcFaceRecognizer
+            from falco.faces.recognizers import ArcFaceRecognizer
 
             arcface = ArcFaceRecognizer.from_models(cfg.models, device=str(device))
         except FalcoError:
@@ -289,7 +289,7 @@ def make_selector(references: tuple[Path, ...]):
     if not references:
         return None
     from falco.align import detect_and_align
-    from falco.evaluation.reid import DlibRecognizer
+    from falco.faces.recognizers import DlibRecognizer
     from falco.imageio import load_image
 
     rec = DlibRecognizer()

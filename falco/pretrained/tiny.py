@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from falco.atomic import atomic_path
 from falco.pretrained.modelset import KIND_TINY, write_manifest
 from falco.pretrained.registry import REGISTRY
 
@@ -78,9 +79,8 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
     def save(role: str, obj: object) -> None:
         name = _NAMES[role]
         path = d / REGISTRY[name].filename
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)  # through a handle: the archive does not record the temp file's random name
         files[name] = path
 
     save("generator", {"g_ema": g_sd, "latent_avg": G.w_avg.clone()})
