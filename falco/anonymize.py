@@ -125,7 +125,7 @@ class OptimResult:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def final(self, i: int) -> dict[str, float]:
-        """The last step's losses of face ``i`` (NaN where no step ran)."""
+        """Face ``i``'s losses at the last step, i.e. of the code *before* the last update (NaN where no step ran)."""
         return {k: (float(v[-1, i]) if len(v) else float("nan")) for k, v in self.losses.items()}
 
 

@@ -51,6 +51,3 @@ class DownloadError(FalcoError):
 class ChecksumError(FalcoError):
     """A file's sha256 does not match the registry."""
 
-
-class NoFaceError(FalcoError):
-    """No face was found where one was required."""

@@ -4,9 +4,8 @@ Definitions (chi0tzp/FALCO ``lib/id_loss.py`` and ``lib/attr_loss.py``, branch `
 
 * identity: ``|cos(E_A(x_anon), E_A(x_real)) - m|`` with ArcFace embeddings ``E_A`` and the real
   face's embedding detached. ``m = 0`` (the paper's default) pushes the anonymized face to be
-  orthogonal to the real identity. Upstream's batch loop overwrites instead of accumulating
-  (``loss = ...`` then ``loss / n``), so it only counts the last sample; we take the mean over
-  the batch, which is what its ``/ n_samples`` intends and equals upstream for batch size 1.
+  orthogonal to the real identity. Upstream accumulates over the batch and divides by its size
+  (its first release overwrote instead of accumulating; fixed in 2024); we take the same mean.
 * attribute: upstream sums ``nn.L1Loss()`` over the token axis, i.e. for each token the mean
   absolute difference over batch and channels, summed over the N = 197 FaRL tokens (class token
   included, taken after the transformer and before ``ln_post``). Per sample this is

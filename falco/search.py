@@ -19,7 +19,7 @@ is never cut at an arbitrary index.
 
 Index kinds (``FeatureIndex.build(kind=...)``):
 
-* ``'flat'`` (the default, as the issue asks): exact brute force (IndexFlatIP / IndexFlatL2),
+* ``'flat'`` (the default): exact brute force (IndexFlatIP / IndexFlatL2),
   BLAS-bound.
 * ``'ivf'``: IndexIVFFlat, ``nlist`` = 4 sqrt(N) rounded to a power of two (1024 at 10^5,
   4096 at 10^6), k-means on 40 points per list, 10 iterations (spherical for cosine).

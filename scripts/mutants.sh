@@ -46,7 +46,7 @@ declare -A TESTS=(
 # everything costs minutes per module). Empty: every test of the files above.
 declare -A KEXPR=(
   [guard]="not test_faces_the_guard_passed and not test_keep_identity and not test_falco_redo and not test_enforce_blurs"
-  [mixing]="not test_torch_compile and not test_attribute_loss_goes_down and not test_amp_stays_close and not test_batched_equals and not test_inversion_refinement and not test_identity_margin_is_pursued and not test_exact_speed_switches and not test_cli_ and not test_config_defaults"
+  [mixing]="test_mix_codes or test_params_are_validated or test_amp_flag or test_zero_steps or test_only_the_middle or test_on_step or test_lr_decays or test_falco_params_and or test_identity_loss_at_step_1 or test_margin_pulls or test_promise_mutants"
 )
 # module -> "file:function ..." whose decorator is moved below the function in the copy: mutmut 3
 # never mutates a decorated function, so `@app.command(...) def anonymize_command` would give no

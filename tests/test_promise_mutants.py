@@ -132,6 +132,7 @@ def _iou_by_pixels(a, b, scale: int = 4) -> float:
     ((0, 0, 2, 2), (2, 0, 4, 2)),          # touching edges
     ((1.5, 0.25, 7.75, 3.5), (0.5, 1.25, 3.0, 9.0)),
     ((3, 2, 8, 11), (3, 2, 8, 11)),        # identical: 1
+    ((3, 3, 4, 4), (3, 3, 4, 4)),          # identical single pixels: 1 (a union of 1 is not empty)
 ])
 def test_guard_iou_is_the_area_ratio_counted_on_a_grid(a, b):
     from falco.guard import _iou
@@ -149,14 +150,15 @@ def test_guard_iou_of_empty_boxes_is_zero():
 def test_guard_covers_a_box_whose_centre_lies_in_a_known_face_edges_included():
     from falco.guard import _covers
 
-    box = (10, 10, 12, 12)  # centre (11, 11); IoU with every box below is under 0.99
-    assert _covers(box, [(0, 0, 20, 20)], 0.99)
-    assert _covers(box, [(11, 11, 20, 20)], 0.99)   # centre on the top-left corner
-    assert _covers(box, [(0, 0, 11, 11)], 0.99)     # centre on the bottom-right corner
-    for outside in [(11.5, 0, 20, 20), (0, 0, 10.5, 20), (0, 11.5, 20, 20), (0, 0, 20, 10.5)]:
+    box = (10, 30, 12, 34)  # centre (11, 32); IoU with every box below is under 0.99
+    assert _covers(box, [(0, 0, 40, 40)], 0.99)
+    assert _covers(box, [(11, 32, 40, 40)], 0.99)   # centre on the top-left corner
+    assert _covers(box, [(0, 0, 11, 32)], 0.99)     # centre on the bottom-right corner
+    for outside in [(11.5, 0, 40, 40), (0, 0, 10.5, 40), (0, 32.5, 40, 40), (0, 0, 40, 31.5),
+                    (20, 0, 40, 40), (0, 0, 40, 23)]:
         assert not _covers(box, [outside], 0.99), outside
     assert not _covers(box, [], 0.0)
-    assert _covers(box, [(0, 0, 1, 1), (0, 0, 20, 20)], 0.99)  # any known face, not only the first
+    assert _covers(box, [(0, 0, 1, 1), (0, 0, 40, 40)], 0.99)  # any known face, not only the first
 
 
 def test_guard_covers_a_box_overlapping_a_known_face_by_min_iou_or_more():
@@ -230,7 +232,7 @@ def test_guard_explains_the_last_resort_only_when_it_was_used():
     assert g.explain({"trail": trail, "last_resort": False}) == plain
     with_note = g.explain({"trail": trail, "last_resort": True})
     assert with_note.startswith(plain + "; no pixel of the face region is left")
-    assert "false detection" in with_note
+    assert with_note.endswith("the recogniser also sees (typical of a false detection)")
     assert g.explain({}) == ""
 
 
@@ -270,3 +272,391 @@ def test_guard_scores_are_the_recognisers_own_distance_and_cosine_to_4_decimals(
         assert abs(by["dlib"].score - dist[i]) <= 5e-5 and by["dlib"].same == bool(dist[i] < 0.6)
         assert abs(by["arcface"].score - cos[i]) <= 5e-5 and by["arcface"].same == bool(cos[i] >= 0.25)
     assert any(0.0 < dist[i] < 1.0 and abs(dist[i] - round(dist[i])) > 1e-3 for i in range(len(faces)))
+
+
+# --- guard: review, on a synthetic photo with a recogniser that matches untouched pixels ----
+
+def _box_face(box):
+    import numpy as np
+
+    from falco.faces.ffhq import AlignedFace
+
+    x0, y0, x1, y1 = box
+    lm = np.stack([np.linspace(x0, x1 - 1, 68), np.linspace(y0, y1 - 1, 68)], axis=1)
+    quad = np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0]], np.float64)
+    return AlignedFace(box=tuple(box), landmarks=lm, quad=quad, image=np.zeros((8, 8, 3), np.uint8))
+
+
+class _SameWhileUntouched:
+    """'Same person' (dlib distance 0.1) while the face box still holds the original pixels, else 0.9."""
+
+    class _Dlib:
+        threshold = 0.6
+
+    dlib = _Dlib()
+    arcface = None
+
+    def check_many(self, original, output, faces):
+        import numpy as np
+
+        from falco.guard import IdentityCheck
+
+        res = []
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            same = bool(np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1]))
+            res.append([IdentityCheck("dlib", 0.1 if same else 0.9, same)])
+        return res
+
+    def check(self, original, output, face):
+        return self.check_many(original, output, [face])[0]
+
+
+def _photo():
+    import numpy as np
+
+    return np.random.default_rng(0).integers(1, 255, (64, 96, 3), dtype=np.uint8)
+
+
+def _fill(value):
+    def cover(img, face):
+        out = img.copy()
+        x0, y0, x1, y1 = face.box
+        out[y0:y1, x0:x1] = value
+        return out
+    return cover
+
+
+def _review_guard(detect=lambda img: [], fallback_name="blur", **kwargs):
+    from falco.guard import PrivacyGuard
+
+    return PrivacyGuard("enforce", _SameWhileUntouched(), _fill(7), detect, last_resort=_fill(0),
+                        fallback_name=fallback_name, **kwargs)
+
+
+def test_guard_review_keeps_a_successful_redo_in_the_written_photo():
+    import numpy as np
+
+    photo = _photo()
+    faces = [_box_face((4, 4, 20, 20)), _box_face((40, 10, 60, 30))]
+
+    def redo(img, i):  # the re-do changes face 0 only
+        return _fill(200)(img, faces[0]) if i == 0 else None
+
+    res = _review_guard().review(photo, photo.copy(), faces, redo=redo)
+    v0, v1 = res.verdicts
+    assert v0["verdict"] == "redone" and [s["step"] for s in v0["trail"]] == ["method", "redo"]
+    assert v0["identity"] == {"dlib": 0.9} and "why" in v0 and "covered_by" not in v0
+    assert (res.photo[4:20, 4:20] == 200).all()          # the re-done pixels are what is written
+    assert v1["verdict"] == "fallback" and v1["covered_by"] == "blur"
+    assert [s["step"] for s in v1["trail"]] == ["method", "blur"]
+    assert (res.photo[10:30, 40:60] == 7).all()
+    assert res.failing == 1
+
+
+def test_guard_review_discards_a_redo_that_still_matches():
+    photo = _photo()
+    face = _box_face((4, 4, 20, 20))
+
+    def redo(img, i):  # changes pixels outside the face only: still the same person
+        out = img.copy()
+        out[40:50, 70:80] = 123
+        return out
+
+    res = _review_guard().review(photo, photo.copy(), [face], redo=redo)
+    assert res.verdicts[0]["verdict"] == "fallback"
+    assert (res.photo[40:50, 70:80] == photo[40:50, 70:80]).all()  # the rejected re-do is not written
+    assert (res.photo[4:20, 4:20] == 7).all()
+
+
+def test_guard_review_of_a_safe_face_records_no_cover_and_no_explanation():
+    photo = _photo()
+    face = _box_face((4, 4, 20, 20))
+    out = _fill(50)(photo, face)  # the method changed the face: not the same person
+    res = _review_guard().review(photo, out, [face])
+    (v,) = res.verdicts
+    assert v == {"verdict": "safe", "identity": {"dlib": 0.9},
+                 "trail": [{"step": "method", "identity": {"dlib": 0.9}, "same": False}]}
+    assert res.failing == 0 and (res.photo == out).all()
+
+
+def test_guard_review_names_an_unnamed_fallback_the_fallback():
+    photo = _photo()
+    face = _box_face((4, 4, 20, 20))
+    res = _review_guard(fallback_name=None).review(photo, photo.copy(), [face])
+    (v,) = res.verdicts
+    assert [s["step"] for s in v["trail"]] == ["method", "fallback"] and "covered_by" not in v
+    assert v["why"].startswith("the method's output: recognised as the same person")
+    assert "covered by the fallback: no longer recognised" in v["why"]
+
+
+def test_guard_review_covers_faces_only_the_second_detection_found():
+    photo = _photo()
+    face = _box_face((4, 4, 20, 20))
+    extra = _box_face((50, 30, 70, 50))       # overlaps no known face
+    near = _box_face((5, 5, 21, 21))          # the same face found again
+    out = _fill(50)(photo, face)
+    res = _review_guard(detect=lambda img: [near, extra]).review(photo, out, [face])
+    assert len(res.missed) == 1
+    m = res.missed[0]
+    assert m["verdict"] == "missed" and m["box"] == [50, 30, 70, 50] and m["covered_by"] == "blur"
+    assert m["method"] == "guard-fallback" and len(m["landmarks"]) == 68 and len(m["quad"]) == 4
+    assert (res.photo[30:50, 50:70] == 7).all() and (res.photo[5:21, 20:21] == photo[5:21, 20:21]).all()
+
+
+# --- config: every anonymize flag reaches the config the run gets ------------------------
+
+class _Summary:
+    failed: list = []
+    unsafe = 0
+
+    def line(self) -> str:
+        return "done"
+
+
+def _anonymize_cfg(monkeypatch, tmp_path, *flags):
+    """The AnonymizeConfig `falco anonymize IN --out OUT FLAGS...` hands to run_anonymize."""
+    import falco.commands.anonymize as cmd
+    from falco.cli import main
+
+    seen = []
+
+    def spy(cfg, echo=None):
+        assert echo is not None  # progress and warnings are printed, on stderr
+        echo("message from the run")
+        seen.append(cfg)
+        return _Summary()
+
+    monkeypatch.setattr(cmd, "run_anonymize", spy)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *flags])
+    assert exc.value.code == 0 and len(seen) == 1
+    return seen[0]
+
+
+def test_anonymize_cli_without_flags_gives_the_documented_defaults(monkeypatch, tmp_path, capsys):
+    cfg = _anonymize_cfg(monkeypatch, tmp_path)
+    assert "message from the run" in capsys.readouterr().err
+    assert (cfg.method, cfg.bank, cfg.reuse, cfg.amp, cfg.fused_modconv, cfg.channels_last, cfg.compile) == \
+        ("falco", None, True, None, True, False, False)
+    assert (cfg.loss_resolution, cfg.format, cfg.quality, cfg.save_crops, cfg.method_options) == \
+        (None, None, 95, False, {})
+    assert (cfg.sidecar, cfg.export_detections, cfg.progress, cfg.keep_identity, cfg.layers) == \
+        (False, None, True, (), (3, 8))
+
+
+def test_anonymize_cli_flags_reach_the_config(monkeypatch, tmp_path):
+    keep = tmp_path / "me.jpg"
+    cfg = _anonymize_cfg(
+        monkeypatch, tmp_path, "--method", "blur", "--bank", str(tmp_path / "bank"), "--no-reuse",
+        "--amp", "bf16", "--modconv", "dense", "--channels-last", "--compile", "--loss-resolution", "128",
+        "--format", "JPEG", "--quality", "80", "--save-crops", "--blur-preset", "heavy",
+        "--pixelate-blocks", "8", "--ciagan-id", "3", "--sidecar", "--export-detections", "coco",
+        "--max-pixels", "1000", "--no-progress", "--keep-identity", str(keep), "--layers", "2:6",
+        "--detector", "cnn", "--upsample", "2", "--batch-size", "3", "--device", "cpu", "--seed", "5",
+        "--on-fail", "pixelate", "--guard", "warn", "--fp16-res", "2", "--bank-size", "77", "--m", "0.5",
+        "--steps", "9", "--lr", "0.02", "--lambda-id", "5", "--lambda-attr", "0.3", "--models", str(tmp_path))
+    assert (cfg.detector, cfg.upsample, cfg.batch_size, cfg.device, cfg.seed, cfg.on_fail, cfg.guard) == \
+        ("cnn", 2, 3, "cpu", 5, "pixelate", "warn")
+    assert (cfg.num_fp16_res, cfg.bank_size, cfg.m, cfg.steps, cfg.lr, cfg.lambda_id, cfg.lambda_attr) == \
+        (2, 77, 0.5, 9, 0.02, 5.0, 0.3)
+    assert cfg.models == tmp_path and cfg.input == tmp_path / "in" and cfg.out == tmp_path / "out"
+    assert cfg.method == "blur" and cfg.bank == tmp_path / "bank" and cfg.reuse is False
+    assert cfg.amp == "bf16" and cfg.fused_modconv is False and cfg.channels_last is True and cfg.compile is True
+    assert cfg.loss_resolution == 128 and cfg.format == "jpeg" and cfg.quality == 80 and cfg.save_crops is True
+    assert cfg.method_options == {"preset": "heavy", "blocks": 8, "ciagan_id": 3}
+    assert cfg.sidecar is True and cfg.export_detections == "coco" and cfg.max_pixels == 1000
+    assert cfg.progress is False and cfg.keep_identity == (keep,) and cfg.layers == (2, 6)
+    assert _anonymize_cfg(monkeypatch, tmp_path, "--amp", "fp16").amp == "fp16"
+    assert _anonymize_cfg(monkeypatch, tmp_path, "--amp", "off").amp is None
+
+
+def test_version_flag_prints_the_version(capsys):
+    from falco import __version__
+    from falco.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"falco {__version__}"
+
+
+def _run_main(monkeypatch, tmp_path, capsys, raises):
+    """`falco anonymize` whose run raises ``raises``: (exit status, stdout, stderr)."""
+    import falco.commands.anonymize as cmd
+    from falco.cli import main
+
+    def boom(cfg, echo=None):
+        raise raises
+
+    monkeypatch.setattr(cmd, "run_anonymize", boom)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_cli_exit_statuses_are_the_documented_ones(monkeypatch, tmp_path, capsys):
+    # module docstring: a FalcoError is one line and exit 2; Ctrl-C one line and exit 130
+    from stylegan2_ops.errors import OpsError
+
+    code, out, err = _run_main(monkeypatch, tmp_path, capsys, InputError("bad input"))
+    assert (code, out, err) == (2, "", "error: bad input\n")
+    code, out, err = _run_main(monkeypatch, tmp_path, capsys, OpsError("no compiler"))
+    assert (code, out, err) == (2, "", "error: no compiler\n")
+    code, out, err = _run_main(monkeypatch, tmp_path, capsys, KeyboardInterrupt())
+    assert code == 130 and out == "" and err.strip().endswith("interrupted; re-run the same command to resume")
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as a user error
+        _run_main(monkeypatch, tmp_path, capsys, ZeroDivisionError("bug"))
+
+
+def test_cli_ctrl_c_outside_a_command_is_one_line_and_exit_130(monkeypatch, capsys):
+    import falco.cli
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(falco.cli, "app", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        falco.cli.main(["env"])
+    assert exc.value.code == 130
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "interrupted; re-run the same command to resume\n"
+
+
+def test_cli_usage_names_the_program_falco(capsys):
+    from falco.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["anonymize", "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.lstrip().startswith("Usage: falco anonymize")
+
+
+@pytest.mark.parametrize("failed, unsafe, code", [([], 0, 0), (["a.jpg"], 0, 1), ([], 2, 1)])
+def test_cli_finish_prints_the_summary_and_exits_1_on_failures_or_unsafe_faces(failed, unsafe, code, capsys):
+    import typer
+
+    from falco.cli import _finish
+
+    class S:
+        def line(self):
+            return "3 photos, 5 faces"
+
+    s = S()
+    s.failed, s.unsafe = failed, unsafe
+    if code:
+        with pytest.raises(typer.Exit) as exc:
+            _finish(s)
+        assert exc.value.exit_code == code
+    else:
+        _finish(s)
+    out = capsys.readouterr()
+    assert out.out == "3 photos, 5 faces\n"
+    if failed:  # the manifest's own query for the failed inputs (status 'failed' in table inputs)
+        assert out.err.startswith("1 input(s) failed")
+        assert "SELECT source, reason FROM inputs WHERE status = 'failed'" in out.err
+    else:
+        assert out.err == ""
+
+
+def test_finish_of_a_summary_without_an_unsafe_count_exits_0(capsys):
+    from falco.cli import _finish
+
+    class S:
+        failed: list = []
+
+        def line(self):
+            return "ok"
+
+    _finish(S())
+    assert capsys.readouterr().out == "ok\n"
+
+
+def test_config_as_dict_turns_paths_into_strings_and_keeps_the_rest():
+    from pathlib import Path
+
+    from falco.config import AnonymizeConfig, as_dict
+
+    d = as_dict(AnonymizeConfig(input=Path("in/photos"), out=Path("out")))
+    assert d["input"] == "in/photos" and d["out"] == "out" and d["models"] is None
+    assert d["steps"] == 50 and d["m"] == 0.0 and d["layers"] == (3, 8) and d["reuse"] is True
+
+
+# --- mixing: what a run records ------------------------------------------------------------
+
+def test_optim_result_final_is_the_last_steps_losses_of_that_face():
+    import math
+
+    from falco.anonymize import OptimResult
+
+    losses = {"id": torch.tensor([[0.9, 0.8], [0.5, 0.4], [0.3, 0.2]]), "attr": torch.tensor([[1.0, 2.0]] * 3)}
+    r = OptimResult(ws=torch.zeros(2, 4, 3), losses=losses)
+    assert r.final(0) == {"id": pytest.approx(0.3), "attr": 1.0}
+    assert r.final(1) == {"id": pytest.approx(0.2), "attr": 2.0}
+    empty = OptimResult(ws=torch.zeros(2, 4, 3), losses={"id": torch.empty(0, 2)}).final(1)
+    assert list(empty) == ["id"] and math.isnan(empty["id"])  # 0 steps: no loss, NaN
+
+
+def test_falco_params_as_dict_is_json_ready_with_the_papers_values():
+    import json
+
+    from falco.anonymize import FalcoParams
+
+    d = FalcoParams().as_dict()
+    assert d["layers"] == [3, 8] and d["lr_milestones"] == [0.75, 0.9]
+    assert (d["m"], d["steps"], d["lr"], d["lr_gamma"], d["lambda_id"], d["lambda_attr"]) == \
+        (0.0, 50, 0.01, 0.8, 10.0, 0.1)
+    assert json.loads(json.dumps(d)) == d
+    assert FalcoParams(layers=(2, 6)).as_dict()["layers"] == [2, 6]
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_fp16_res=0), dict(m=1.0), dict(m=0.0), dict(layers=(0, 1)),
+                                    dict(loss_resolution=4), dict(loss_resolution=8), dict(loss_resolution=256)])
+def test_falco_params_accept_the_documented_bounds(kwargs):
+    # FalcoParams docstring / DESIGN.md: num_fp16_res 0 keeps fp32; m in [0, 1]; 0 <= start < end;
+    # loss_resolution a power of two >= 4
+    from falco.anonymize import FalcoParams
+
+    FalcoParams(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_fp16_res=-1), dict(m=1.01), dict(layers=(3, 3)), dict(layers=(-1, 4)),
+                                    dict(loss_resolution=2), dict(loss_resolution=3), dict(loss_resolution=12),
+                                    dict(loss_resolution=6)])
+def test_falco_params_refuse_values_past_the_bounds(kwargs):
+    from falco.anonymize import FalcoParams
+
+    with pytest.raises(InputError):
+        FalcoParams(**kwargs)
+
+
+def test_falco_params_compile_flag_true_means_inductor():
+    from falco.anonymize import FalcoParams
+
+    assert FalcoParams(compile=True).compile == "inductor"
+    assert FalcoParams(compile=False).compile is None
+    assert FalcoParams(compile="eager").compile == "eager"
+    assert FalcoParams().compile is None
+
+
+def test_mix_codes_may_take_the_fake_up_to_the_last_layer():
+    from falco.anonymize import mix_codes
+
+    real, fake = torch.zeros(1, 6, 2), torch.ones(1, 6, 2)
+    mixed = mix_codes(real, fake, (3, 6))  # end == num_ws is allowed
+    assert mixed[0, :3].eq(0).all() and mixed[0, 3:].eq(1).all()
+    with pytest.raises(InputError):
+        mix_codes(real, fake, (3, 7))
+
+
+def test_optimise_refuses_crops_of_another_batch_size():
+    from falco.anonymize import optimise
+
+    ws = torch.zeros(2, 18, 4)  # valid codes for the default layers (3, 8)
+    with pytest.raises(InputError, match="x_real"):
+        optimise(ws, ws, torch.zeros(3, 3, 8, 8), None, None, None)
+    with pytest.raises(InputError, match="x_real"):
+        optimise(ws, ws, torch.zeros(2, 3, 8), None, None, None)

@@ -1,4 +1,7 @@
-"""FFHQ alignment (Karras et al.; the e4e ``utils/alignment.py`` variant FALCO uses).
+"""FFHQ alignment (Karras et al.), as e4e's ``utils/alignment.py`` does it for its encoder.
+
+(FALCO's own aligner differs a little: it blurs the padding with ``qsize * 0.01`` and takes
+its landmarks from SFD + FAN; we use dlib's 68 landmarks, the detector e4e was trained with.)
 
 The crop quadrilateral comes from the eye, mouth and eye-to-mouth vectors of the 68 iBUG
 landmarks; the crop is made as upstream does it: shrink the photo when the face is much

@@ -42,7 +42,6 @@ from falco.pretrained.modelset import (
     is_tiny,
     models_dir,
     package_file,
-    read_manifest,
     record_file,
     verify_file,
 )
@@ -672,7 +671,3 @@ def import_from_dir(
         raise ChecksumError("refused (not imported): " + "; ".join(refused))
     return results
 
-
-def manifest_records(directory: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The ``files`` records of a model set's manifest (empty when there is none)."""
-    return dict((read_manifest(models_dir(directory)) or {}).get("files", {}))
