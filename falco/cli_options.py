@@ -20,6 +20,7 @@ APP_SETTINGS: dict[str, Any] = dict(
     context_settings={"max_content_width": 120, "help_option_names": ["-h", "--help"]},
 )
 
+
 class Command(TyperCommand):
     """A command whose usage line names its arguments the usual way (``INPUT``, not ``{INPUT}``)."""
 

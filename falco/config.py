@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from falco.imageio import DEFAULT_MAX_PIXELS
+
 
 def as_dict(config: Any) -> dict:
     """A config as JSON-ready data (paths become strings)."""
@@ -27,7 +29,7 @@ class InvertConfig:
     upsample: int = 1
     align_size: int = 256
     seed: int = 0
-    max_pixels: int = 150_000_000  # falco.imageio.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
 
 
@@ -68,7 +70,7 @@ class AnonymizeConfig:
     keep_identity: tuple[Path, ...] = ()
     sidecar: bool = False
     export_detections: str | None = None
-    max_pixels: int = 150_000_000  # falco.imageio.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
 
 

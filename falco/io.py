@@ -114,7 +114,11 @@ def check_writable_dir(out_dir: str | Path, option: str = "--out") -> None:
         else:
             os.rmdir(tempfile.mkdtemp(prefix=".falco-probe.", dir=base))
     except OSError as exc:
-        raise InputError(f"{option} {str(out_dir)!r} cannot be written: {exc.strerror or exc}") from None
+        raise _unwritable(option, out_dir, exc) from None
+
+
+def _unwritable(option: str, folder: str | Path, exc: OSError) -> InputError:
+    return InputError(f"{option} {str(folder)!r} cannot be written: {exc.strerror or exc}")
 
 
 def save_tensors(final: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -179,7 +183,7 @@ def lock_output_dir(out_dir: str | Path, name: str = ".falco.lock") -> Iterator[
         out.mkdir(parents=True, exist_ok=True)
         f = _take_lock(path)
     except OSError as exc:
-        raise InputError(f"--out {str(out)!r} cannot be written: {exc.strerror or exc}") from None
+        raise _unwritable("--out", out, exc) from None
     if f is None:
         raise InputError(f"--out {str(out)!r} is in use by another falco run (lock {path})")
     try:

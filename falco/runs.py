@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 
 from falco.errors import FalcoError, ImageLoadError, RunAbortedError
 from falco.faces import AlignedFace, detect_and_align
-from falco.imageio import load_image
+from falco.imageio import DEFAULT_MAX_PIXELS, load_image
 from falco.distributed import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
                                shard_items)
-from falco.imageio import DEFAULT_MAX_PIXELS
 from falco.io import InputItem, atomic_path, display_path, lock_output_dir, remove_stale_temps
 from falco.manifest import RunManifest
 

@@ -9,7 +9,6 @@ distance is only compared with ours, never trusted.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from falco.faces.detect import dlib_model_path
 from falco.manifest import RunManifest
 from tests.conftest import shared_path
 
@@ -27,13 +27,8 @@ PHOTOS = ("2008_001322.jpg", "2008_001009.jpg")
 
 
 def _recognition_model():
-    spec = importlib.util.find_spec("face_recognition_models")  # not imported: its __init__ needs pkg_resources
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("face_recognition_models is not installed (dlib's recognition model)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
-    if not path.exists():
-        pytest.skip(f"dlib's recognition model is missing: {path}")
-    return dlib.face_recognition_model_v1(str(path))
+    # dlib's own network, called directly here; only the file is located by falco (a dependency, never skipped)
+    return dlib.face_recognition_model_v1(str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")))
 
 
 def _read(path: Path) -> np.ndarray:

@@ -335,8 +335,6 @@ def _review_guard(detect=lambda img: [], fallback_name="blur", **kwargs):
 
 
 def test_guard_review_keeps_a_successful_redo_in_the_written_photo():
-    import numpy as np
-
     photo = _photo()
     faces = [_box_face((4, 4, 20, 20)), _box_face((40, 10, 60, 30))]
 

@@ -1,7 +1,7 @@
 """The face-region promise, checked against landmarks falco's code did not produce.
 
 The expectation comes from outside the code under test: dlib's HOG detector and 68-point
-shape predictor are run here directly (the ``.dat`` file located with importlib, the photo
+shape predictor are run here directly (the ``.dat`` file located by ``dlib_model_path``, the photo
 decoded with Pillow), not through :mod:`falco.faces`. Every landmark, pulled a little toward
 the face centre (it sits *on* the face's outline), must be changed in the output of
 ``falco anonymize`` — painted black by ``--method mask``, altered by blur, pixelate and FALCO —
@@ -19,7 +19,6 @@ guard's second detection pass (which covers misses) is tested in ``test_guard.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
@@ -31,6 +30,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from falco.cli import app
+from falco.faces.detect import dlib_model_path
 from tests.conftest import shared_path
 
 PHOTOS = (
@@ -47,13 +47,8 @@ REGIONS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "
 
 # ----------------------------------------------------------------------------- independent landmarks
 def _predictor_file() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs pkg_resources)
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("face_recognition_models is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
-    assert path.is_file(), f"{path} missing from face_recognition_models"
-    return path
+    # dlib's predictor runs here directly; only the file is located by falco (a dependency, never skipped)
+    return dlib_model_path("shape_predictor_68_face_landmarks.dat")
 
 
 @pytest.fixture(scope="module")

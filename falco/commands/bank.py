@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from falco.cli_options import APP_SETTINGS, Command, MODELS_HELP
+from falco.cli_options import APP_SETTINGS, Command, device_option, models_option
 from falco.config import BankConfig, as_dict
 
 bank_app = typer.Typer(
@@ -71,8 +71,8 @@ def build_command(
     features: str = typer.Option("farl", "--features", help="Feature extractor: farl, clip or arcface."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Fakes per render/embed batch."),
     chunk_size: int = typer.Option(1000, "--chunk-size", min=1, help="Fakes per chunk file (unit of resuming)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-    models: Path | None = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
+    device: str = device_option(),
+    models: Path | None = models_option(),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the z samples."),
     index: str = typer.Option("auto", "--index", help="auto (exact below 50,000 fakes, else calibrated IVF), flat, ivf or hnsw."),
     thumbnail_size: int = typer.Option(64, "--thumbnail-size", min=8, max=256, help="Thumbnail side in px."),

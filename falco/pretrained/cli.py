@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from falco.cli_options import APP_SETTINGS, Command, MODELS_HELP
+from falco.cli_options import APP_SETTINGS, Command, models_option
 from falco.errors import DownloadError, FalcoError
 
 models_app = typer.Typer(
@@ -48,7 +48,7 @@ def _console():
 
 @models_app.command("list", cls=Command)
 def list_command(
-    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
+    models: Optional[Path] = models_option(),
 ) -> None:
     """Show every registry model: installed?, size and licence (* = default for its role)."""
     from rich.table import Table
@@ -87,7 +87,7 @@ def list_command(
 @models_app.command("download", cls=Command)
 def download_command(
     names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Registry names or roles (default: one per role)."),
-    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
+    models: Optional[Path] = models_option(),
     from_dir: Optional[Path] = typer.Option(
         None, "--from-dir", help="Import files fetched by hand from DIR (verified like downloads)."
     ),
@@ -120,7 +120,7 @@ def download_command(
 @models_app.command("verify", cls=Command)
 def verify_command(
     names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Registry names or roles (default: the whole set)."),
-    models: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP, metavar="DIR"),
+    models: Optional[Path] = models_option(),
     rehash: bool = typer.Option(False, "--rehash", help="Ignore the sha256 cache (size + mtime) and hash again."),
 ) -> None:
     """Check installed models against their sha256 (tiny sets: against their manifest)."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from falco.atomic import atomic_write_text
 from falco.errors import ChecksumError, InputError, ModelNotFoundError
 from falco.pretrained.registry import DEFAULTS, REGISTRY, ModelEntry, resolve_name
 
@@ -123,12 +124,6 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    from falco.atomic import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -188,7 +183,7 @@ def write_manifest(
         data["defaults"] = dict(defaults)
     data["files"] = records
     path = directory / MANIFEST_NAME
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -213,7 +208,7 @@ def record_file(
         "checked_against": checked_against,
         "added": _now(),
     }
-    _atomic_write_text(directory / MANIFEST_NAME, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(directory / MANIFEST_NAME, json.dumps(data, indent=2) + "\n")
 
 
 def is_tiny(directory: str | os.PathLike[str] | None = None) -> bool:
@@ -266,7 +261,7 @@ def file_sha256(
     digest = _sha256_of(path)
     cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
-        _atomic_write_text(cache_dir / HASH_CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(cache_dir / HASH_CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
     return digest
@@ -277,7 +272,7 @@ def _forget_hash(cache_dir: Path, path: Path) -> None:
     for key in [k for k in cache if k in (path.name, str(path.resolve()))]:
         del cache[key]
     try:
-        _atomic_write_text(cache_dir / HASH_CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(cache_dir / HASH_CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
 
