@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from falco.imageio import load_image
+    from falco.run.image_files import load_image
     from falco.align import detect_and_align, paste_back
 
     photo = load_image("group.jpg")
@@ -13,40 +13,5 @@ Typical use::
 The implementation lives in :mod:`falco.faces` (``detect``, ``ffhq``, ``paste``, ``pipeline``).
 """
 
-from falco.faces import (
-    AlignedFace,
-    Box,
-    CnnDetector,
-    Detector,
-    DlibDetector,
-    HogDetector,
-    align_face,
-    apply_transform,
-    detect_and_align,
-    dlib_model_path,
-    face_mask,
-    ffhq_quad,
-    get_detector,
-    paste_back,
-    photo_mask,
-    quad_transform,
-)
-
-__all__ = [
-    "AlignedFace",
-    "Box",
-    "CnnDetector",
-    "Detector",
-    "DlibDetector",
-    "HogDetector",
-    "align_face",
-    "apply_transform",
-    "detect_and_align",
-    "dlib_model_path",
-    "face_mask",
-    "ffhq_quad",
-    "get_detector",
-    "paste_back",
-    "photo_mask",
-    "quad_transform",
-]
+from falco.faces import *  # noqa: F403 - the names listed in falco.faces.__all__
+from falco.faces import __all__  # noqa: F401

@@ -7,12 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from falco.imageio import DEFAULT_MAX_PIXELS
+from falco.errors import InputError
+from falco.latent.optimise import FalcoParams
+from falco.run.image_files import DEFAULT_MAX_PIXELS
 
 
 def as_dict(config: Any) -> dict:
-    """A config as JSON-ready data (paths become strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    """A config as JSON-ready data (paths become strings, tuples lists, nested configs dicts)."""
+    return _jsonable(dataclasses.asdict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 @dataclass(frozen=True)
@@ -35,43 +45,85 @@ class InvertConfig:
 
 @dataclass(frozen=True)
 class AnonymizeConfig:
-    """``falco anonymize``: photos in, the same photos with every face anonymized out."""
+    """``falco anonymize``: photos in, the same photos with every face anonymized out.
+
+    Every choice is checked on construction by the code that interprets it: the method by the
+    registry, ``falco`` by :class:`FalcoParams`, ``on_fail`` by :mod:`falco.methods.cover`,
+    ``guard`` by :mod:`falco.guard`, ``format`` by :mod:`falco.run.image_files`,
+    ``export_detections`` by :mod:`falco.export`.
+    """
 
     input: Path
     out: Path
     method: str = "falco"
     models: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 8
+    # FALCO: the optimisation, and the bank its starting fakes come from
+    falco: FalcoParams = FalcoParams()
     bank: Path | None = None
     bank_size: int = 2000
     reuse: bool = True
-    m: float = 0.0
-    steps: int = 50
-    lr: float = 0.01
-    lambda_id: float = 10.0
-    lambda_attr: float = 0.1
-    layers: tuple[int, int] = (3, 8)
-    amp: str | None = None
-    num_fp16_res: int = 4
-    fused_modconv: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    loss_resolution: int | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    seed: int = 0
-    format: str | None = None
-    quality: int = 95
-    on_fail: str = "blur"
-    save_crops: bool = False
+    # the other methods' own options (``--blur-preset`` -> ``preset``, ...)
+    method_options: dict = dataclasses.field(default_factory=dict)
+    # detection
     detector: str = "hog"
     upsample: int = 1
-    method_options: dict = dataclasses.field(default_factory=dict)
-    guard: str = "enforce"
-    keep_identity: tuple[Path, ...] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # output
+    format: str | None = None
+    quality: int = 95
+    save_crops: bool = False
     sidecar: bool = False
     export_detections: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    # privacy
+    on_fail: str = "blur"
+    guard: str = "enforce"
+    keep_identity: tuple[Path, ...] = ()
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        from falco.export import check_export
+        from falco.guard import check_mode
+        from falco.methods.cover import check_on_fail
+        from falco.methods.registry import available_methods
+        from falco.run.image_files import check_output_format
+
+        if self.method not in available_methods():
+            raise InputError(f"--method must be one of {', '.join(available_methods())}, got {self.method!r}")
+        check_on_fail(self.on_fail)
+        check_mode(self.guard)
+        check_output_format(self.format)
+        check_export(self.export_detections)
+        if not isinstance(self.falco, FalcoParams):
+            raise InputError(f"falco must be FalcoParams, got {type(self.falco).__name__}")
+
+
+#: ``FalcoParams`` fields that manifests written before the nesting kept at the top level.
+_FLAT_FALCO_KEYS = ("m", "steps", "lr", "lambda_id", "lambda_attr", "layers", "amp", "num_fp16_res",
+                    "fused_modconv", "channels_last", "compile", "loss_resolution")
+
+
+def anonymize_config_from_dict(data: dict) -> AnonymizeConfig:
+    """The :class:`AnonymizeConfig` of a run manifest's ``config`` (any falco version).
+
+    Reads both the nested form (``{"falco": {...}}``) and the flat one of manifests written
+    before ``FalcoParams`` was nested; keys that are not settings (``method_settings``,
+    ``guard_settings``) are ignored.
+    """
+    fields = {f.name for f in dataclasses.fields(AnonymizeConfig)}
+    values = {k: v for k, v in data.items() if k in fields}
+    falco = dict(data.get("falco") or {k: data[k] for k in _FLAT_FALCO_KEYS if k in data})
+    for key in ("layers", "lr_milestones"):
+        if key in falco:
+            falco[key] = tuple(falco[key])
+    values["falco"] = FalcoParams(**falco)
+    for key in ("input", "out", "models", "bank"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    values["keep_identity"] = tuple(Path(p) for p in values.get("keep_identity") or ())
+    return AnonymizeConfig(**values)
 
 
 @dataclass(frozen=True)

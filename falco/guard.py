@@ -35,6 +35,13 @@ from falco.faces.ffhq import AlignedFace
 log = logging.getLogger(__name__)
 
 MODES = ("off", "warn", "enforce")
+
+
+def check_mode(mode: object) -> str:
+    """Validate a ``--guard`` choice: one of :data:`MODES`. Raises InputError."""
+    if mode not in MODES:
+        raise InputError(f"--guard must be one of {', '.join(MODES)}, got {mode!r}")
+    return str(mode)
 FAILING_VERDICTS = ("fallback", "unsafe")
 
 
@@ -139,8 +146,7 @@ class PrivacyGuard:
                  detect: Callable[[np.ndarray], list[AlignedFace]], *,
                  last_resort: Callable[[np.ndarray, AlignedFace], np.ndarray] | None = None,
                  min_iou: float = 0.3, fallback_name: str | None = None) -> None:
-        if mode not in MODES:
-            raise InputError(f"--guard must be one of {', '.join(MODES)}, got {mode!r}")
+        check_mode(mode)
         self.mode, self.recognizers, self.fallback, self.detect, self.min_iou = mode, recognizers, fallback, detect, min_iou
         self.last_resort = last_resort
         self.fallback_name = fallback_name
@@ -246,3 +252,44 @@ class PrivacyGuard:
                                   "covered_by": self.fallback_name})
         result.photo = photo
         return result
+
+
+# ------------------------------------------------------------------ reporting
+#: How each covering is said in words.
+COVER_WORDS = {"blur": "blur", "pixelate": "pixelation", "mask": "a solid mask"}
+
+
+def covered_how(row: dict) -> str | None:
+    """How a face row's region was covered, in words (``'a solid mask (blur still matched)'``); None if it was not."""
+    how = row.get("fallback")
+    if row.get("status") not in ("fallback", "unsafe", "missed") or how in (None, "skip"):
+        return None
+    text = COVER_WORDS.get(how, str(how))
+    guard = row.get("guard") or {}
+    if guard.get("last_resort"):
+        tried = [s["step"] for s in guard.get("trail", []) if s["step"] not in ("method", "redo", "mask")]
+        if tried:
+            text += f" ({', '.join(COVER_WORDS.get(t, t) for t in tried)} still matched)"
+    return text
+
+
+def guard_summary(mode: str, faces: list[dict]) -> str:
+    """The privacy guard's one-line summary, from the recorded face rows (how each face was really covered)."""
+    checked = sum(1 for f in faces if f.get("guard"))
+    redone = sum(1 for f in faces if (f.get("guard") or {}).get("verdict") == "redone")
+    counts = {s: sum(1 for f in faces if f["status"] == s) for s in ("fallback", "unsafe", "missed", "kept")}
+    covers: dict[str, int] = {}
+    for f in faces:
+        if f["status"] == "fallback":
+            how = covered_how(f) or "nothing"
+            covers[how] = covers.get(how, 0) + 1
+    fell = f"{counts['fallback']} fell back"
+    if covers:
+        most_first = sorted(covers.items(), key=lambda kv: (-kv[1], kv[0]))
+        fell += ": " + ", ".join(f"{n} covered by {how}" for how, n in most_first)
+    missed = f"{counts['missed']} missed by detection and covered"
+    missed_covers = sorted({covered_how(f) for f in faces if f["status"] == "missed"} - {None})
+    if missed_covers:
+        missed += f" by {', '.join(missed_covers)}"
+    return (f"privacy guard ({mode}): {checked} faces checked; {redone} re-done; {fell}; {counts['unsafe']} unsafe; "
+            f"{missed}; {counts['kept']} kept")

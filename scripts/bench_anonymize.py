@@ -32,9 +32,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from falco.anonymize import FalcoParams, OptimResult, optimise
-from falco.inversion import render_256
-from falco.losses import identity_margin_loss, token_l1_loss
+from falco.latent.optimise import FalcoParams, OptimResult, optimise
+from falco.latent.invert import render_256
+from falco.latent.losses import identity_margin_loss, token_l1_loss
 from falco.models.arcface import Backbone, IdentityEncoder
 from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
 from falco.models.stylegan2 import Generator

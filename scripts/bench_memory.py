@@ -2,7 +2,7 @@
 
 ESTIMATES OF TENSOR MEMORY ON FAKE TENSORS, NOT A GPU MEASUREMENT.
 
-``falco.anonymize.optimise`` runs for ``--steps`` steps (1 is enough: the peak is reached in
+``falco.latent.optimise.optimise`` runs for ``--steps`` steps (1 is enough: the peak is reached in
 the first step's backward; Adam's state is allocated in the step after it) with full-size,
 randomly initialised networks: StyleGAN2 at each of ``--resolutions``, ArcFace IR-SE50 and
 FaRL ViT-B/16. Everything runs under ``torch._subclasses.fake_tensor.FakeTensorMode``: tensors
@@ -49,7 +49,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from falco.anonymize import FalcoParams, optimise
+from falco.latent.optimise import FalcoParams, optimise
 from falco.models.arcface import Backbone, IdentityEncoder
 from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
 from falco.models.stylegan2 import Generator
@@ -129,7 +129,7 @@ class LiveTensorMemory(TorchDispatchMode):
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Peak tensor memory of one run of :func:`falco.anonymize.optimise` (bytes)."""
+    """Peak tensor memory of one run of :func:`falco.latent.optimise.optimise` (bytes)."""
 
     resolution: int
     batch: int

@@ -1,15 +1,18 @@
-"""Benchmark falco.search against scikit-learn's brute-force NearestNeighbors.
+"""Benchmark falco.bank.index and falco.bank.pairing against scikit-learn's brute-force search.
 
 For each bank size and data kind (512-d float32, cosine metric) it prints:
 
-* FAISS exact search time (``falco.search.exact_search``) for all queries;
+* FAISS exact search time (``falco.bank.index.exact_search``) for all queries;
 * the ``kind='auto'`` index: build time (k-means + add + nprobe calibration), search time,
   recall@1 against exact, and what it chose (IVF, or exact when IVF cannot reach the target);
 * an IVF nprobe sweep on a subset of queries (recall@1 and time per 10^4 queries);
-* pairing without reuse (global greedy) through that index;
+* pairing without reuse (global greedy) through that index, for all queries, and for a batch
+  of ``--batch`` queries with 10% and 50% of the bank already taken (FALCO's ``--no-reuse``);
 * scikit-learn ``NearestNeighbors(algorithm='brute', metric='cosine')`` on the same bank,
   timed on ``--sklearn-queries`` queries passed in chunks and extrapolated linearly to all
   queries (said so in the output), and the speed-up ratios.
+
+It ends with a summary table; ``scripts/README.md`` records one run.
 
 Data: ``random`` = i.i.d. Gaussian vectors (a worst case for approximate search);
 ``clustered`` = unit vectors from a mixture of 1,000 Gaussians, each spread over its own
@@ -31,7 +34,8 @@ import warnings
 import faiss
 import numpy as np
 
-from falco.search import FeatureIndex, exact_search, pair_without_reuse
+from falco.bank.index import FeatureIndex, exact_search
+from falco.bank.pairing import pair_without_reuse
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -132,10 +136,11 @@ def main() -> None:
         choices=["random", "clustered"],
         help="data kinds for HNSW (on random data it needs efSearch >= 2048: very slow)",
     )
+    ap.add_argument("--batch", type=int, default=8, help="queries per pairing with taken fakes")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    print(f"# falco.search benchmark: dim {args.dim}, {args.queries} queries, metric cosine")
+    print(f"# falco.bank.index benchmark: dim {args.dim}, {args.queries} queries, metric cosine")
     print(
         f"# faiss {faiss.__version__}, omp threads {faiss.omp_get_max_threads()}, cpus {os.cpu_count()}, "
         f"{platform.processor() or platform.machine()}, load average at start {os.getloadavg()[0]:.1f}"
@@ -187,6 +192,14 @@ def main() -> None:
                     f"queries not given their NN {np.mean(pi != ai[:, 0]):.3f}"
                 )
                 row["pair"] = t_pair
+            rng = np.random.default_rng(args.seed)
+            for share in (0.1, 0.5):  # FALCO --no-reuse: one batch, part of the bank given out
+                taken = rng.choice(n, int(share * n), replace=False)
+                _, t_taken = timed(pair_without_reuse, fi, queries[: args.batch], k=8, taken=taken)
+                print(
+                    f"  pair_without_reuse ({fi.kind}), {args.batch} queries, {share:.0%} of the bank "
+                    f"taken: {t_taken:8.3f} s"
+                )
 
             m = min(args.sweep_queries, len(queries))
             sweep = []

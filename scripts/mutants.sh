@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the modules where falco's promises live (issue #25), with mutmut 3.
+# Mutation testing of the modules where falco's promises live, with mutmut 3.
 #
 #   scripts/mutants.sh [MODULE...]      # default: every module below
 #   scripts/mutants.sh --list           # the modules, their files and their tests
@@ -25,12 +25,12 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 CI="${CI:-}"
 
 # module -> files to mutate (globs, relative to the repo root)
 declare -A FILES=(
-  [losses]="falco/losses.py"
-  [pixels]="falco/inversion.py falco/imageio.py"
+  [losses]="falco/latent/losses.py"
+  [pixels]="falco/latent/images.py falco/run/image_files.py"
   [guard]="falco/guard.py"
   [paste]="falco/faces/paste.py"
-  [mixing]="falco/anonymize.py"
-  [config]="falco/config.py falco/cli.py"
+  [mixing]="falco/latent/optimise.py"
+  [config]="falco/config.py falco/cli/anonymize.py"
 )
 # module -> fast tests (files that do not exist yet are dropped)
 declare -A TESTS=(
@@ -52,7 +52,7 @@ declare -A KEXPR=(
 # never mutates a decorated function, so `@app.command(...) def anonymize_command` would give no
 # mutant at all. The copy registers the command after the definition instead (same CLI).
 declare -A UNDECORATE=(
-  [config]="falco/cli.py:anonymize_command"
+  [config]="falco/cli/anonymize.py:anonymize_command"
 )
 ORDER=(losses pixels guard paste mixing config)
 

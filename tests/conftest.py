@@ -5,6 +5,8 @@ Under ``CI=true`` a missing shared file is a failure, not a skip.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -61,10 +63,67 @@ def load_script(name: str):
     return module
 
 
+def photo_with_faces(name: str, count: int):
+    """A photo of ../shared/data/faces and its faces (``detect_and_align``, 256 px); asserts there are ``count``."""
+    from falco.align import detect_and_align
+    from falco.run.image_files import load_image
+
+    photo = load_image(shared_path("data", "faces", name))
+    faces = detect_and_align(photo, size=256)
+    assert len(faces) == count
+    return photo, faces
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ScriptedRecognizers:
+    """Stands in for the guard's recognizers: dlib only (threshold 0.6), 'same person' at distance
+    ``same_score`` while :meth:`same` says so, else ``other_score``.
+
+    :meth:`same` holds while the face box still has the original pixels; subclasses change the rule.
+    """
+
+    class _Dlib:
+        threshold = 0.6
+
+    dlib = _Dlib()
+    arcface = None
+    same_score, other_score = 0.0, 1.0
+
+    def same(self, original, output, face) -> bool:
+        import numpy as np
+
+        x0, y0, x1, y1 = face.box
+        return bool(np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1]))
+
+    def check_many(self, original, output, faces):
+        from falco.guard import IdentityCheck
+
+        checks = []
+        for face in faces:
+            same = self.same(original, output, face)
+            checks.append([IdentityCheck("dlib", self.same_score if same else self.other_score, same)])
+        return checks
+
+    def check(self, original, output, face):
+        return self.check_many(original, output, [face])[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """One tiny random model set (``falco models tiny``) for the tests that only read it."""
-    from falco.pretrained.tiny import write_tiny_model_set
+    from falco.models.tiny import write_tiny_model_set
 
     d = tmp_path_factory.mktemp("tiny-models")
     write_tiny_model_set(d)
@@ -123,9 +182,10 @@ def wait_for_inputs(proc, db: Path, count: int, timeout: float = 300) -> int:
     return done
 
 
-def kernel_backend(request, op: str, cuda_call):
+def kernel_backend(request, op: str, cuda_call, host_call):
     """For the ``kernel`` fixtures of the op tests: ``(cuda_call, 'cuda')`` on the cuda backend
-    (skipped without a GPU), else the extension built for the host (skipped without nvcc/ninja)."""
+    (skipped without a GPU), else ``host_call`` with the extension built for the host as its first
+    argument, and ``'cpu'`` (skipped without nvcc/ninja)."""
     import torch
 
     from stylegan2_ops import _build
@@ -137,4 +197,4 @@ def kernel_backend(request, op: str, cuda_call):
     problem = _build.find_toolchain().problem()
     if problem is not None:
         pytest.skip(f"needs nvcc and ninja to build the kernel for the host backend: {problem}")
-    return _build.build_extension(op), "host"
+    return functools.partial(host_call, _build.build_extension(op)), "cpu"

@@ -15,7 +15,7 @@ import pytest
 import scipy.ndimage
 
 from falco.align import align_face, detect_and_align, ffhq_quad, paste_back, photo_mask
-from falco.imageio import load_image
+from falco.run.image_files import load_image
 from tests.conftest import FACES, shared_path
 
 PHOTOS = [
@@ -59,6 +59,12 @@ def reference_quad(lm: np.ndarray) -> np.ndarray:
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
 
 
+def quad_bounds(quad: np.ndarray) -> tuple[int, int, int, int]:
+    """The pixel bounds e4e takes of the quad for its crop and its padding: floored min, ceiled max."""
+    return (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
+            int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
+
+
 def reference_align(image: np.ndarray, lm: np.ndarray, output_size: int = 256) -> tuple[np.ndarray, dict]:
     """e4e's align_face on an RGB array and given landmarks; returns the crop and what ran."""
     quad = reference_quad(np.asarray(lm, dtype=np.float64))
@@ -76,12 +82,7 @@ def reference_align(image: np.ndarray, lm: np.ndarray, output_size: int = 256) -
         ran["shrink"] = True
 
     border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
+    crop = quad_bounds(quad)
     crop = (
         max(crop[0] - border, 0),
         max(crop[1] - border, 0),
@@ -93,12 +94,7 @@ def reference_align(image: np.ndarray, lm: np.ndarray, output_size: int = 256) -
         quad -= crop[0:2]
         ran["crop"] = True
 
-    pad = (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
+    pad = quad_bounds(quad)
     pad = (
         max(-pad[0] + border, 0),
         max(-pad[1] + border, 0),
@@ -130,19 +126,19 @@ def reference_align(image: np.ndarray, lm: np.ndarray, output_size: int = 256) -
 # ----------------------------------------------------------------------------- helpers
 
 
-def parse_imglab(name: str) -> dict[str, list[dict]]:
-    """dlib imglab XML -> {file: [{'box': (x0, y0, x1, y1), 'landmarks': [68, 2] or None}]}."""
-    root = ET.parse(shared_path("data", "faces", name)).getroot()
+def parse_imglab(*names: str) -> dict[str, list[dict]]:
+    """dlib imglab XML files, merged -> {file: [{'box': (x0, y0, x1, y1), 'landmarks': [68, 2] or None}]}."""
     out: dict[str, list[dict]] = {}
-    for image in root.iter("image"):
-        faces = []
-        for box in image.iter("box"):
-            left, top = int(box.get("left")), int(box.get("top"))
-            x1, y1 = left + int(box.get("width")), top + int(box.get("height"))
-            parts = sorted(box.iter("part"), key=lambda p: int(p.get("name")))
-            lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in parts]) if parts else None
-            faces.append({"box": (left, top, x1, y1), "landmarks": lm})
-        out[image.get("file")] = faces
+    for name in names:
+        for image in ET.parse(shared_path("data", "faces", name)).getroot().iter("image"):
+            faces = []
+            for box in image.iter("box"):
+                left, top = int(box.get("left")), int(box.get("top"))
+                x1, y1 = left + int(box.get("width")), top + int(box.get("height"))
+                parts = sorted(box.iter("part"), key=lambda p: int(p.get("name")))
+                lm = np.array([[float(p.get("x")), float(p.get("y"))] for p in parts]) if parts else None
+                faces.append({"box": (left, top, x1, y1), "landmarks": lm})
+            out[image.get("file")] = faces
     return out
 
 
@@ -171,18 +167,12 @@ def detections(photos):
 
 @pytest.fixture(scope="module")
 def annotations() -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for name in ANNOTATIONS:
-        out.update(parse_imglab(name))
-    return out
+    return parse_imglab(*ANNOTATIONS)
 
 
 @pytest.fixture(scope="module")
 def landmark_annotations() -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for name in LANDMARK_ANNOTATIONS:
-        out.update(parse_imglab(name))
-    return out
+    return parse_imglab(*LANDMARK_ANNOTATIONS)
 
 
 def match(faces, box):

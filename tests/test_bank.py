@@ -21,10 +21,11 @@ from falco.bank import (
     build_bank,
     chunk_z,
     exact_search,
+    pair_without_reuse,
     render_fakes,
 )
-from falco.errors import InputError, ModelNotFoundError
-from falco.features import ClipExtractor, embed_faces, load_extractor
+from falco.errors import CheckpointError, InputError, ModelNotFoundError
+from falco.bank.features import ClipExtractor, embed_faces, load_extractor
 from falco.models.zoo import load_role
 
 NUM, CHUNK, BATCH, PSI, SEED = 40, 16, 8, 0.7, 3  # chunks of 16, 16, 8; two batches per full chunk
@@ -131,10 +132,52 @@ def test_pair_with_and_without_reuse(ref):
     assert got.dtype == np.int64 and len(set(got.tolist())) == 12 and got[0] == 7
     nn_order = bank.search(q[:1], k=12)[0][0]
     assert sorted(got.tolist()) == sorted(nn_order.tolist())  # the twelve nearest fakes, each once
-    with pytest.raises(InputError, match="queries: 41 queries but only 40"):
+    with pytest.raises(InputError, match="--no-reuse: the bank has 40 fakes and 0 are taken, 41 more faces"):
         bank.pair(np.repeat(q[:1], 41, axis=0), reuse=False)
     with pytest.raises(InputError, match="features: expected feature width 32"):
         bank.search(np.ones((2, 31), np.float32))
+
+
+def test_pair_without_reuse_skips_taken_fakes(ref):
+    bank = Bank.open(ref)
+    q = np.repeat(bank.features[[7]] + 0.01, 12, axis=0)
+    taken = {7, 3, 20}
+    got = bank.pair(q, reuse=False, taken=taken)
+    assert len(set(got.tolist())) == 12 and not set(got.tolist()) & taken
+    order = [int(i) for i in bank.search(q[:1], k=40)[0][0] if int(i) not in taken]
+    assert sorted(got.tolist()) == sorted(order[:12])  # the twelve nearest free fakes, each once
+    np.testing.assert_array_equal(got, pair_without_reuse(bank.features, q, taken=taken))
+    assert bank.pair(q, taken=taken).tolist() == [7] * 12  # with reuse, nothing is taken
+    bank.pair(q[:2], reuse=False, taken=np.arange(38))  # exactly enough free fakes
+    with pytest.raises(InputError, match="--no-reuse: the bank has 40 fakes and 38 are taken, 3 more faces"):
+        bank.pair(q[:3], reuse=False, taken=set(range(38)))
+    with pytest.raises(InputError, match="taken: bank indices must be in"):
+        bank.pair(q[:1], reuse=False, taken={40})
+
+
+def test_falco_pairs_through_the_bank(ref):
+    """FalcoAnonymizer._pair goes through Bank.pair: nearest fakes with reuse; without, one face at a
+    time in order, each the nearest fake still free (so a face's fake does not depend on its batch)."""
+    from falco.methods.falco import FalcoAnonymizer
+
+    bank = Bank.open(ref)
+    falco = FalcoAnonymizer.__new__(FalcoAnonymizer)  # pairing needs no networks
+    falco.bank, falco.reuse, falco.used = bank, True, {7}
+    q = np.repeat(bank.features[[7]] + 0.01, 6, axis=0)
+    np.testing.assert_array_equal(falco._pair(q), bank.search(q, k=1)[0][:, 0])
+    falco.reuse = False
+    got = falco._pair(q)
+    unit = bank.features / np.linalg.norm(bank.features, axis=1, keepdims=True)
+    taken, want = {7}, []
+    for row in q:  # brute force: cosine distance, ties to the lowest index
+        order = [int(i) for i in np.argsort(1 - unit @ (row / np.linalg.norm(row)), kind="stable") if i not in taken]
+        want.append(order[0])
+        taken.add(order[0])
+    assert got.tolist() == want and len(set(want)) == 6 and 7 not in want
+    assert falco._pair(q[:2]).tolist() == want[:2]  # the same faces in a smaller batch: the same fakes
+    falco.used = set(range(36))
+    with pytest.raises(InputError, match="--no-reuse: the bank has 40 fakes and 36 are taken"):
+        falco._pair(q)
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -175,8 +218,8 @@ def test_killed_build_resumes_to_the_same_bank(tmp_path, ref, models, G, ex):
     script = textwrap.dedent(f"""
         import os, signal
         import falco.bank.build as B
-        from falco.features import load_extractor
-        from falco.io import atomic_path
+        from falco.bank.features import load_extractor
+        from falco.run.inputs import atomic_path
         from falco.models.zoo import load_role
         real = B._write_chunk
         n = [0]
@@ -254,10 +297,10 @@ def test_open_errors(tmp_path, ref):
 
 
 def test_check_compatible(ref, models, G, ex):
-    from falco.features import FarlExtractor
+    from falco.bank.features import FarlExtractor
     from falco.models.farl import load_farl, tiny_farl_state_dict
     from falco.models.stylegan2 import Generator
-    from falco.pretrained.tiny import tiny_generator
+    from falco.models.tiny import tiny_generator
 
     bank = Bank.open(ref)
     bank.check_compatible(load_role("generator", models), load_extractor("farl", models))  # fresh copies: fine
@@ -304,6 +347,27 @@ def test_extractors(models, tmp_path):
         load_extractor("clip", tmp_path / "m")
     with pytest.raises(InputError, match="--features must be one of farl, clip, arcface, got 'dino'"):
         load_extractor("dino", models)
+
+
+class _Opaque:
+    """A class a checkpoint might pickle: the weights-only loader must refuse it."""
+
+
+def test_clip_weights_are_read_by_the_safe_reader(tmp_path):
+    from safetensors.torch import save_file
+
+    models = tmp_path / "m"
+    models.mkdir()
+    save_file({"text.w": torch.zeros(2)}, str(models / "open_clip_model.safetensors"))
+    with pytest.raises(CheckpointError, match="open_clip_model.safetensors: no 'visual"):
+        load_extractor("clip", models)
+    (models / "open_clip_model.safetensors").unlink()
+    torch.save({"state_dict": {"visual.w": torch.zeros(2)}, "obj": _Opaque()}, models / "open_clip_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="_Opaque.*weights-only"):
+        load_extractor("clip", models)
+    (models / "open_clip_pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="open_clip_pytorch_model.bin"):
+        load_extractor("clip", models)
 
 
 @pytest.mark.parametrize(("kw", "match"), [

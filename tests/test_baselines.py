@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from falco.align import detect_and_align, photo_mask
-from falco.baselines import (
+from falco.align import photo_mask
+from falco.methods import (
     Anonymizer,
     available_methods,
     face_seed,
@@ -16,12 +16,11 @@ from falco.baselines import (
     get_anonymizer,
     register_method,
 )
-from falco.baselines import base as base_mod
-from falco.baselines.classic import gaussian_sigma, heavy_kernel, region
+from falco.methods import registry as registry_mod
+from falco.methods.cover import gaussian_sigma, heavy_kernel, region
 from falco.errors import InputError
-from falco.imageio import load_image
-from falco.runs import face_row
-from tests.conftest import shared_path
+from falco.run.runner import face_row
+from tests.conftest import photo_with_faces
 
 CLASSIC = [("blur", {"preset": "9"}), ("blur", {"preset": 17}), ("blur", {"preset": "heavy"}),
            ("pixelate", {"blocks": 8}), ("pixelate", {"blocks": 16}), ("mask", {})]
@@ -30,10 +29,7 @@ CLASSIC = [("blur", {"preset": "9"}), ("blur", {"preset": 17}), ("blur", {"prese
 @pytest.fixture(scope="module")
 def group():
     """A photo with six faces of 54-84 px, and its faces."""
-    photo = load_image(shared_path("data", "faces", "2008_002470.jpg"))
-    faces = detect_and_align(photo, size=256)
-    assert len(faces) == 6
-    return photo, faces
+    return photo_with_faces("2008_002470.jpg", 6)
 
 
 def _regions(photo, faces) -> np.ndarray:
@@ -130,7 +126,7 @@ def test_apply_checks_its_arguments(group):
 
 
 def test_register_method(monkeypatch, group):
-    monkeypatch.setattr(base_mod, "_REGISTERED", {})
+    monkeypatch.setattr(registry_mod, "_REGISTERED", {})
 
     class Identity(Anonymizer):
         name = "identity"

@@ -13,31 +13,31 @@ import scipy.ndimage
 import torch
 from PIL import Image, ImageDraw
 
-from falco.align import align_face, detect_and_align
-from falco.baselines import get_anonymizer
-from falco.baselines.ciagan import (
+from falco.align import align_face
+from falco.methods import get_anonymizer
+from falco.methods.ciagan import (
     CiaganCrop,
     ciagan_crop,
     landmark_image,
     mask_image,
     network_inputs,
 )
-from falco.baselines.ciagan_net import load_generator as load_ciagan
-from falco.baselines.ciagan_net import tiny_ciagan_state_dict
-from falco.baselines.deepprivacy import expand_bbox, keypoints_from_landmarks
-from falco.baselines.deepprivacy import network_inputs as dp_inputs
-from falco.baselines.deepprivacy_net import (
+from falco.models.ciagan_net import load_generator as load_ciagan
+from falco.models.ciagan_net import tiny_ciagan_state_dict
+from falco.methods.deepprivacy import expand_bbox, keypoints_from_landmarks
+from falco.methods.deepprivacy import network_inputs as dp_inputs
+from falco.models.deepprivacy_net import (
     CONFIG_GLOBALS,
     pose_channel_images,
     tiny_deepprivacy_state_dict,
 )
-from falco.baselines.deepprivacy_net import load_generator as load_deepprivacy
+from falco.models.deepprivacy_net import load_generator as load_deepprivacy
 from falco.errors import CheckpointError, InputError
 from falco.faces.detect import HogDetector
-from falco.imageio import load_image
+from falco.run.image_files import load_image
 from falco.pretrained.registry import REGISTRY
-from falco.runs import face_row
-from tests.conftest import load_fixture, shared_path, synth_module
+from falco.run.runner import face_row
+from tests.conftest import load_fixture, photo_with_faces, shared_path, synth_module, torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +53,14 @@ def tiny_models(tmp_path_factory) -> Path:
 @pytest.fixture
 def one_thread():
     """The tiny generators are thin: on a busy 2-core machine, OpenMP threads only get in each other's way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def pair():
     """A photo with two large faces (142 and 114 px quads)."""
-    photo = load_image(shared_path("data", "faces", "2008_001009.jpg"))
-    faces = detect_and_align(photo, size=256)
-    assert len(faces) == 2
-    return photo, faces
+    return photo_with_faces("2008_001009.jpg", 2)
 
 
 # --------------------------------------------------------------------- parity

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from falco.anonymize import FalcoParams
+from falco.latent.optimise import FalcoParams
 from falco.models.arcface import tiny_arcface
 from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
 from falco.models.stylegan2 import Generator

@@ -7,11 +7,14 @@ import shutil
 
 import pytest
 
-from falco.commands.anonymize import run_anonymize
+from falco.run.anonymize import run_anonymize
+from falco.latent.optimise import FalcoParams
 from falco.config import AnonymizeConfig
-from falco.manifest import RunManifest
-from falco.pretrained.tiny import write_tiny_model_set
+from falco.run.manifest import RunManifest
+from falco.models.tiny import write_tiny_model_set
 from tests.conftest import shared_path
+
+pytestmark = pytest.mark.slow  # six end-to-end runs and an evaluation: about a minute on 2 CPU cores
 
 METHODS = ("falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy")
 
@@ -27,8 +30,8 @@ def test_all_methods_side_by_side(tmp_path):
     anon_dirs = []
     for method in METHODS:
         out = tmp_path / method
-        summary = run_anonymize(AnonymizeConfig(input=real, out=out, method=method, models=models, steps=2,
-                                                bank_size=64, device="cpu", guard="warn", progress=False),
+        summary = run_anonymize(AnonymizeConfig(input=real, out=out, method=method, models=models,
+                                                bank_size=64, device="cpu", guard="warn", progress=False, falco=FalcoParams(steps=2)),
                                 echo=lambda *_: None)
         assert not summary.failed and summary.faces == 5, (method, summary)
         with RunManifest(out) as m:

@@ -6,17 +6,19 @@ import html
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from falco.cli import app
-from falco.commands.demo import render_page
-from falco.manifest import RunManifest
+from falco.run.demo import render_page
+from falco.run.manifest import RunManifest
 
 LONG_NUMBER = re.compile(r"\d\.\d{7,}")  # a float printed with its 16 digits
 
 
+@pytest.mark.slow  # a full demo run
 def test_demo_from_a_relative_out_dir_explains_every_face(tmp_path, monkeypatch):
-    from falco.commands.anonymize import covered_how
+    from falco.guard import covered_how
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FALCO_HOME", str(tmp_path / "home"))  # no pretrained models: the tiny set

@@ -6,10 +6,9 @@ import re
 import shutil
 import time
 
-from falco.anonymize import step_callback
-from falco.io import discover_inputs
-from falco.manifest import RunManifest
-from falco.runs import FaceRun
+from falco.run.inputs import discover_inputs
+from falco.run.manifest import RunManifest
+from falco.run.runner import FaceRun
 from tests.conftest import shared_path
 
 
@@ -20,18 +19,16 @@ def _run(tmp_path, progress: bool, steps: int = 3) -> None:
     with RunManifest(tmp_path / "out") as manifest:
         runner = FaceRun(discover_inputs(src), manifest, batch_size=2, progress=progress)
 
-        def process(faces):  # what FALCO's optimisation reports, through the command's step_callback
-            from falco.anonymize import _STEP_CALLBACK
+        on_step = runner.on_step if progress else None  # the command hands it to the method's set_step_callback
 
+        def process(faces):  # what FALCO's optimisation reports through that callback
             for step in range(1, steps + 1):
                 time.sleep(0.15)  # a step takes a while (tqdm redraws at most every 0.1 s)
-                cb = _STEP_CALLBACK.get()
-                if cb is not None:
-                    cb(step, steps)
+                if on_step is not None:
+                    on_step(step, steps)
             return [None] * len(faces)
 
-        with step_callback(runner.on_step):  # as the command does
-            summary = runner.run(process, lambda photo, results: ({}, [{} for _ in photo.faces]))
+        summary = runner.run(process, lambda photo, results: ({}, [{} for _ in photo.faces]))
     assert summary.faces == 3
 
 

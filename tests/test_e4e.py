@@ -45,6 +45,7 @@ def _faces(n: int = 2, size: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
 
 
+@pytest.mark.slow  # the full-size encoder
 def test_fixture_parity_encoder4editing(fixture) -> None:
     sw = synth_module()
     keys = fixture["keys_and_shapes"]

@@ -63,7 +63,7 @@ def test_not_installed_models_are_named_once(one_photo, tiny_models, tmp_path, c
 
 
 def test_other_reasons_are_grouped_not_repeated():
-    from falco.commands.eval_attributes import not_computed_lines
+    from falco.evaluation.run import not_computed_lines
 
     reason = "FID Inception weights not available: checksum mismatch"
     data = {"not_installed": {"arcface re-id": ["reid_rate.arcface", "rank1_identification.arcface"]},
@@ -88,7 +88,7 @@ def test_cnn_tiles_cover_the_photo_with_overlap():
 
 def test_cnn_within_a_pixel_budget_finds_the_same_faces(monkeypatch):
     """A photo over the budget is scanned in tiles plus a half-scale pass; the faces stay the same."""
-    from falco.imageio import load_image
+    from falco.run.image_files import load_image
 
     image = load_image(shared_path("data", "faces", PHOTO))
     whole = detection_mod.cnn_boxes(image, 0)  # 0.17 MP: under the default budget, one dlib call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -39,10 +40,33 @@ def test_detector_specs():
             detection.parse_detector_spec(bad)
 
 
-def test_mtcnn_missing_is_reported_not_raised(monkeypatch):
-    reason = "facenet-pytorch is not installed; " + detection.MTCNN_INSTALL
-    monkeypatch.setattr(detection, "mtcnn_available", lambda: reason)
-    with pytest.raises(MetricUnavailable, match="--no-deps facenet-pytorch"):
+@pytest.mark.parametrize("state", ["missing", "broken", "importable"])
+def test_mtcnn_missing_is_reported_not_raised(monkeypatch, state):
+    """The availability check's message for each state of facenet-pytorch, whether or not it is
+    installed here: its package lookup and its import are faked."""
+    import sys
+    import types
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "facenet_pytorch":
+            return None if state == "missing" else object()
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    fake = None if state == "broken" else types.ModuleType("facenet_pytorch")  # None: its import fails
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", fake)
+    reason = detection.mtcnn_available()
+    assert detection.mtcnn_installed() is (state != "missing")
+    if state == "importable":
+        assert reason is None
+        return
+    expected = {"missing": "facenet-pytorch is not installed; install it with: " + detection.MTCNN_INSTALL,
+                "broken": "facenet-pytorch is installed but does not import (ModuleNotFoundError"}[state]
+    assert reason.startswith(expected), reason
+    hint = "--no-deps facenet-pytorch" if state == "missing" else "does not import"
+    with pytest.raises(MetricUnavailable, match=hint):
         detection.get_eval_detector("mtcnn")
 
 

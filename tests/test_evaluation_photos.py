@@ -21,9 +21,9 @@ from PIL import Image, ImageFilter
 
 from falco.evaluation import EvalConfig, FeatureCache, evaluate, write_report
 from falco.evaluation import detection as detection_mod
-from falco.imageio import load_image, save_image
-from falco.manifest import RunManifest
-from tests.conftest import shared_path
+from falco.run.image_files import load_image, save_image
+from falco.run.manifest import RunManifest
+from tests.conftest import shared_path, torch_threads
 
 FACES_IN_SHARED_PHOTOS = 67
 SMALL_PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg")
@@ -76,12 +76,8 @@ def _degrade(faces_dir: Path, names, boxes: dict, out: Path, how: str) -> Path:
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
     """MTCNN's many tiny convolutions run several times faster on one thread on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +115,7 @@ def degraded(faces_dir, self_report, cache, tmp_path_factory):
 
 
 # ------------------------------------------------------------------- acceptance
+@pytest.mark.slow  # evaluates every shared photo
 def test_self_comparison_is_perfect(self_report):
     run = self_report.runs["self"]
     counts = run["counts"]
@@ -135,6 +132,7 @@ def test_self_comparison_is_perfect(self_report):
     assert self_report.data["not_installed"] == {}  # --no-fid is not "not installed"
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_mtcnn_self_comparison_is_perfect(faces_dir, cache):
     require_mtcnn()
     report = evaluate(EvalConfig(real=faces_dir, anon=(faces_dir,), names=("self",), detectors=("mtcnn",), **FAST),
@@ -145,6 +143,7 @@ def test_mtcnn_self_comparison_is_perfect(faces_dir, cache):
     assert report.data["settings"]["detectors"] == {"mtcnn": "mtcnn"}
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_blur_and_pixelation_hide_faces(degraded):
     report, _, _ = degraded
     runs = report.runs
@@ -162,6 +161,7 @@ def test_blur_and_pixelation_hide_faces(degraded):
     assert blur["landmark_nme"] > 0.02 and pix["attribute_agreement"]["mean"] < 1.0
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_mtcnn_rarely_finds_heavily_blurred_faces(degraded, cache):
     require_mtcnn()
     _, _, root = degraded
@@ -172,6 +172,7 @@ def test_mtcnn_rarely_finds_heavily_blurred_faces(degraded, cache):
     assert blur["detection_rate"]["mtcnn"] <= 0.3
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_report_files(degraded):
     report, paths, root = degraded
     data = json.loads(paths["json"].read_text())
@@ -204,6 +205,7 @@ def _chromium() -> str | None:
     return "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_report_html_in_headless_chromium(degraded, tmp_path):
     browser = _chromium()
     if browser is None:
@@ -236,6 +238,7 @@ def test_cnn_detector_on_small_photos(faces_dir, cache, tmp_path):
     assert report.data["settings"]["detectors"]["cnn"] == "cnn:0"
 
 
+@pytest.mark.slow  # evaluates every shared photo
 def test_manifest_pairing_and_user_labels(faces_dir, self_report, cache, tmp_path):
     """--pairs: faces come from an anonymize manifest; --labels: scored against the anonymized faces."""
     run_dir = tmp_path / "run"
@@ -277,7 +280,7 @@ def test_optional_models_from_a_model_set(faces_dir, cache, tmp_path, monkeypatc
     import torch
 
     from falco.evaluation.quality import random_fid_inception_state
-    from falco.pretrained.tiny import write_tiny_model_set
+    from falco.models.tiny import write_tiny_model_set
     from tests.test_evaluation import tiny_facer_checkpoint
 
     models = tmp_path / "models"

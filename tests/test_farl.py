@@ -180,22 +180,22 @@ def test_missing_visual_key_is_an_error():
 
 
 def test_wrong_shape_and_non_clip_are_errors(tmp_path):
-    sd = tiny_farl_state_dict()
-    sd["visual.ln_pre.bias"] = torch.zeros(65)
-    with pytest.raises(CheckpointError, match="ln_pre.bias has shape"):
-        load_farl(sd)
-    with pytest.raises(CheckpointError, match="no 'visual"):
-        load_farl({"state_dict": {"encoder.weight": torch.zeros(3)}})
-    sd = tiny_farl_state_dict()
-    del sd["visual.positional_embedding"]
-    with pytest.raises(CheckpointError, match="positional_embedding"):
-        load_farl(sd)
-    with pytest.raises(CheckpointError, match="file not found"):
-        load_farl(tmp_path / "nope.pth")
-    bad = tmp_path / "garbage.pth"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth"):
-        load_farl(bad)
+    wrong_shape = tiny_farl_state_dict()
+    wrong_shape["visual.ln_pre.bias"] = torch.zeros(65)
+    no_positions = tiny_farl_state_dict()
+    del no_positions["visual.positional_embedding"]
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    refused = [
+        (wrong_shape, "ln_pre.bias has shape"),
+        ({"state_dict": {"encoder.weight": torch.zeros(3)}}, "no 'visual"),
+        (no_positions, "positional_embedding"),
+        (tmp_path / "nope.pth", "file not found"),
+        (garbage, "garbage.pth"),
+    ]
+    for source, message in refused:
+        with pytest.raises(CheckpointError, match=message):
+            load_farl(source)
 
 
 class _Executable:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from falco.cli import main
-from falco.imageio import load_image
-from falco.manifest import RunManifest
+from falco.run.image_files import load_image
+from falco.run.manifest import RunManifest
 from tests.conftest import shared_path
 
 PHOTOS = ("2008_001322.jpg", "2008_002506.jpg")  # small photos with 1 and 2 faces
@@ -71,6 +71,7 @@ def test_tiny_set_written_through_a_relative_path_verifies(workdir, capsys):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_every_writing_command_works_with_relative_paths(workdir, rel_models, capsys):
     code, _, err = run_cli(capsys, "invert", "photos", "--out", "inv", "--models", rel_models, "--device", "cpu",
                            "--no-progress")
@@ -191,6 +192,7 @@ def test_readme_commands_exist_as_written():
     assert "| falco models verify" not in readme  # verify does not read stdin
 
 
+@pytest.mark.slow  # a falco process, interrupted
 def test_ctrl_c_says_how_to_resume_and_releases_the_lock(workdir, rel_models):
     out = workdir / "anon"
     cmd = [sys.executable, "-m", "falco", "anonymize", "photos", "--out", "anon", "--bank-size", "64",

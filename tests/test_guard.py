@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from falco.baselines.base import Anonymizer, register_method
+from falco.methods import Anonymizer, register_method
 from falco.cli import app
-from falco.commands.anonymize import run_anonymize
+from falco.run.anonymize import run_anonymize
 from falco.config import AnonymizeConfig
 from falco.faces.ffhq import AlignedFace
 from falco.faces.paste import photo_mask
-from falco.imageio import load_image
-from falco.manifest import RunManifest
-from tests.conftest import shared_path
+from falco.run.image_files import load_image
+from falco.run.manifest import RunManifest
+from tests.conftest import ScriptedRecognizers, shared_path
 
 
 class Unchanged(Anonymizer):
@@ -155,7 +155,7 @@ def test_sidecar_and_coco_export(photo_dir, tmp_path):
 
 def test_recognizers_use_arcface_when_given(photo_dir):
     from falco.align import detect_and_align
-    from falco.baselines.base import fallback
+    from falco.methods.cover import fallback
     from falco.evaluation.reid import ArcFaceRecognizer
     from falco.guard import Recognizers
     from falco.models.arcface import tiny_arcface
@@ -170,37 +170,14 @@ def test_recognizers_use_arcface_when_given(photo_dir):
     assert not blurred["dlib"].same and blurred["arcface"].score < same["arcface"].score
 
 
-class _ScriptedRecognizers:
-    """Says 'same person' while the face region still holds the original pixels."""
-
-    class _Dlib:
-        threshold = 0.6
-
-    dlib = _Dlib()
-    arcface = None
-
-    def check_many(self, original, output, faces):
-        from falco.guard import IdentityCheck
-
-        out = []
-        for f in faces:
-            x0, y0, x1, y1 = f.box
-            same = np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1])
-            out.append([IdentityCheck("dlib", 0.0 if same else 1.0, same)])
-        return out
-
-    def check(self, original, output, face):
-        return self.check_many(original, output, [face])[0]
-
-
 def test_review_redoes_then_falls_back(photo_dir):
     from falco.align import detect_and_align
-    from falco.baselines.base import fallback
+    from falco.methods.cover import fallback
     from falco.guard import PrivacyGuard
 
     photo = load_image(photo_dir / "three.jpg")
     faces = detect_and_align(photo, size=64)
-    guard = PrivacyGuard("enforce", _ScriptedRecognizers(), lambda img, f: fallback(img, f, "mask"), lambda img: [])
+    guard = PrivacyGuard("enforce", ScriptedRecognizers(), lambda img, f: fallback(img, f, "mask"), lambda img: [])
 
     def redo(img, i):  # re-doing works for face 0 only
         if i != 0:
@@ -219,13 +196,13 @@ def test_review_redoes_then_falls_back(photo_dir):
 def test_falco_redo_uses_a_stronger_identity_weight(tmp_path, monkeypatch):
     import torch
 
-    import falco.falco_method as fm
+    import falco.methods.falco as fm
     from falco.align import detect_and_align
-    from falco.anonymize import FalcoParams
+    from falco.latent.optimise import FalcoParams
     from falco.bank import Bank, build_bank
-    from falco.features import load_extractor
+    from falco.bank.features import load_extractor
     from falco.models.zoo import load_role
-    from falco.pretrained.tiny import write_tiny_model_set
+    from falco.models.tiny import write_tiny_model_set
 
     models = tmp_path / "m"
     write_tiny_model_set(models)
@@ -248,23 +225,19 @@ def test_falco_redo_uses_a_stronger_identity_weight(tmp_path, monkeypatch):
     assert out is not None and not np.array_equal(out, photo)
 
 
-class _StubbornRecognizers(_ScriptedRecognizers):
+class _StubbornRecognizers(ScriptedRecognizers):
     """Matches until the face box is entirely black (a blur does not fool it, a mask does)."""
 
-    def check_many(self, original, output, faces):
-        from falco.guard import IdentityCheck
+    same_score = 0.1
 
-        out = []
-        for f in faces:
-            x0, y0, x1, y1 = f.box
-            same = bool(output[y0:y1, x0:x1].any())
-            out.append([IdentityCheck("dlib", 0.1 if same else 1.0, same)])
-        return out
+    def same(self, original, output, face) -> bool:
+        x0, y0, x1, y1 = face.box
+        return bool(output[y0:y1, x0:x1].any())
 
 
 def test_last_resort_mask_when_the_fallback_is_not_enough(photo_dir):
     from falco.align import detect_and_align
-    from falco.baselines.base import fallback
+    from falco.methods.cover import fallback
     from falco.guard import PrivacyGuard
 
     photo = load_image(photo_dir / "three.jpg")
@@ -285,24 +258,19 @@ def test_last_resort_mask_when_the_fallback_is_not_enough(photo_dir):
     assert without.review(photo, photo.copy(), face).verdicts[0]["verdict"] == "unsafe"
 
 
-class _StubbornForTheLeftmost(_ScriptedRecognizers):
+class _StubbornForTheLeftmost(ScriptedRecognizers):
     """The leftmost face matches until its box is entirely black; the others as long as they are unchanged."""
+
+    same_score = 0.1234567
 
     def __init__(self, left: int) -> None:
         self.left = left
 
-    def check_many(self, original, output, faces):
-        from falco.guard import IdentityCheck
-
-        out = []
-        for f in faces:
-            x0, y0, x1, y1 = f.box
-            if x0 <= self.left:
-                same = bool(output[y0:y1, x0:x1].any())
-            else:
-                same = np.array_equal(original[y0:y1, x0:x1], output[y0:y1, x0:x1])
-            out.append([IdentityCheck("dlib", 0.1234567 if same else 1.0, same)])
-        return out
+    def same(self, original, output, face) -> bool:
+        x0, y0, x1, y1 = face.box
+        if x0 <= self.left:
+            return bool(output[y0:y1, x0:x1].any())
+        return super().same(original, output, face)
 
 
 def test_guard_summary_says_how_faces_were_covered(photo_dir, tmp_path, monkeypatch):
@@ -330,7 +298,7 @@ def test_guard_summary_says_how_faces_were_covered(photo_dir, tmp_path, monkeypa
 
 
 def test_guard_summary_of_a_chosen_mask_fallback_has_no_last_resort_note():
-    from falco.commands.anonymize import guard_summary
+    from falco.guard import guard_summary
 
     rows = [{"status": "fallback", "fallback": "mask", "guard": {"verdict": "fallback", "covered_by": "mask"}},
             {"status": "done", "guard": {"verdict": "redone"}},

@@ -1,4 +1,4 @@
-"""falco.imageio: decoding every kind of photo users hand over, typed errors, atomic writes."""
+"""falco.run.image_files: decoding every kind of photo users hand over, typed errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from falco.errors import ImageLoadError, InputError
-from falco.imageio import load_image, save_image
+from falco.run.image_files import load_image, save_image
 
 
 def quadrants(height: int = 40, width: int = 60) -> np.ndarray:
@@ -311,3 +311,23 @@ def test_save_validates(tmp_path):
     with pytest.raises(OSError):
         save_image(tmp_path / "missing" / "x.png", img)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_tensors_are_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata from a hash map whose order changes per process: falco sorts it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from falco.run.inputs import save_tensors; "
+            "save_tensors(sys.argv[1], {'ws': torch.arange(6.).view(2, 3), 'ok': torch.tensor([True, False])}, "
+            "metadata={'source': 'a.jpg', 'format': 'falco-anonymize-1', 'note': 'x'})")
+    blobs = []
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{i}.safetensors")], check=True)
+        blobs.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert blobs[0] == blobs[1] == blobs[2]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == {"source": "a.jpg", "format": "falco-anonymize-1", "note": "x"}
+        assert f.get_tensor("ws").tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

@@ -17,9 +17,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from falco.config import InvertConfig
-from falco.commands.invert import run_invert
+from falco.run.invert import run_invert
 from falco.errors import InputError
-from falco.manifest import RunManifest
+from falco.run.manifest import RunManifest
 from falco.pretrained.modelset import read_manifest
 from tests.conftest import shared_path, wait_for_inputs
 
@@ -95,6 +95,7 @@ def test_tiny_set_is_reproducible_and_seeded(tmp_path):
     assert ma["e4e-ffhq"]["sha256"] != mc["e4e-ffhq"]["sha256"]
 
 
+@pytest.mark.slow  # the inverted fixture: every shared photo
 def test_invert_writes_one_code_per_face(inverted, faces_dir):
     with RunManifest(inverted) as m:
         faces = m.faces()
@@ -117,11 +118,13 @@ def test_invert_writes_one_code_per_face(inverted, faces_dir):
     assert q["quads"].shape[1:] == (4, 2) and q["landmarks"].shape[1:] == (68, 2)
 
 
+@pytest.mark.slow  # the inverted fixture: every shared photo
 def test_codes_match_the_encoder_on_the_saved_crops(inverted, tiny_models):
     import torch
 
-    from falco.imageio import load_image
-    from falco.inversion import invert, to_tensor
+    from falco.run.image_files import load_image
+    from falco.latent.images import to_tensor
+    from falco.latent.invert import invert
     from falco.models.zoo import load_role
 
     E, latent_avg = load_role("encoder", tiny_models)
@@ -132,6 +135,7 @@ def test_codes_match_the_encoder_on_the_saved_crops(inverted, tiny_models):
     np.testing.assert_allclose(ws[0].numpy(), saved, atol=1e-4)
 
 
+@pytest.mark.slow  # the inverted fixture: every shared photo
 def test_second_run_does_no_new_work(inverted, tiny_models, faces_dir):
     before = _digest(inverted / "codes")
     summary = run_invert(InvertConfig(input=faces_dir, out=inverted, models=tiny_models, device="cpu", progress=False),
@@ -140,6 +144,7 @@ def test_second_run_does_no_new_work(inverted, tiny_models, faces_dir):
     assert _digest(inverted / "codes") == before
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicates(tiny_models, faces_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "falco", "invert", str(faces_dir), "--out", str(out), "--models", str(tiny_models),
@@ -216,6 +221,7 @@ def _torchrun(*args: str, nproc: int = 2) -> list[str]:
             "-m", "falco", *args]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_a_single_process(inverted, tiny_models, faces_dir, tmp_path):
     out = tmp_path / "out"
     res = subprocess.run(_torchrun("invert", str(faces_dir), "--out", str(out), "--models", str(tiny_models),
@@ -238,6 +244,7 @@ def test_torchrun_two_ranks_match_a_single_process(inverted, tiny_models, faces_
     assert summary["total"] == 11 and summary["faces"] == FACES_IN_SHARED_PHOTOS and summary["no_face"] == 1
 
 
+@pytest.mark.slow
 def test_slurm_style_array_tasks_share_one_output(tiny_models, faces_dir, tmp_path):
     """RANK/WORLD_SIZE without torchrun (a Slurm array): two tasks, no process group, one manifest."""
     out = tmp_path / "out"
@@ -256,7 +263,7 @@ def test_slurm_style_array_tasks_share_one_output(tiny_models, faces_dir, tmp_pa
 
 
 def test_stale_temp_files_are_removed_but_live_ones_kept(tmp_path):
-    from falco.io import remove_stale_temps
+    from falco.run.inputs import remove_stale_temps
 
     stale, live = tmp_path / ".a.png.123.tmp", tmp_path / "sub" / ".b.png.456.tmp"
     live.parent.mkdir()
@@ -267,6 +274,7 @@ def test_stale_temp_files_are_removed_but_live_ones_kept(tmp_path):
     assert not stale.exists() and live.exists()
 
 
+@pytest.mark.slow  # the inverted fixture: every shared photo
 def test_invert_with_refinement(inverted, tiny_models, faces_dir, tmp_path):
     out = tmp_path / "out"
     summary = run_invert(InvertConfig(input=faces_dir / "2008_001322.jpg", out=out, models=tiny_models, device="cpu",

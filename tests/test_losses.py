@@ -1,4 +1,4 @@
-"""FALCO's identity and attribute losses: definitions, gradients, reductions, validation."""
+"""FALCO's identity and attribute losses (the two ``optimise`` calls): definitions, gradients, reductions, validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from falco.errors import InputError
-from falco.losses import attribute_loss, identity_loss, identity_margin_loss, token_l1_loss
+from falco.latent.losses import identity_margin_loss, token_l1_loss
 from falco.models.farl import FaRLEncoder, load_farl, tiny_farl_state_dict
 
 
@@ -66,33 +66,25 @@ def test_identity_margin_loss_detaches_real():
     assert e_real.grad is None and e_anon.grad is not None
 
 
-def test_identity_loss_zero_at_m1_for_identical_images(id_encoder):
+def test_identity_margin_loss_of_one_face_embedded_twice_is_zero_at_m1_and_one_at_m0(id_encoder):
     x = _images(3)
-    assert identity_loss(id_encoder, x, x.clone(), m=1.0).item() == pytest.approx(0.0, abs=1e-6)
-    per = identity_loss(id_encoder, x, x.clone(), m=0.0, reduction="none")
+    e_anon, e_real = id_encoder(x), id_encoder(x.clone())
+    assert identity_margin_loss(e_anon, e_real, m=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    per = identity_margin_loss(e_anon, e_real, m=0.0, reduction="none")
     torch.testing.assert_close(per, torch.ones(3))  # |cos - 0| = 1
 
 
-def test_identity_loss_equals_margin_formula_and_grads(id_encoder):
+def test_identity_margin_loss_of_arcface_like_embeddings_is_the_dot_product_and_grads_reach_anon_only(id_encoder):
     x_anon = _images(4, seed=1).requires_grad_(True)
     x_real = _images(4, seed=2).requires_grad_(True)
-    loss = identity_loss(id_encoder, x_anon, x_real, m=0.3, reduction="none")
+    e_real = id_encoder(x_real)  # still attached to x_real: the loss must cut it
+    loss = identity_margin_loss(id_encoder(x_anon), e_real, m=0.3, reduction="none")
     with torch.no_grad():
-        cos = (id_encoder(x_anon) * id_encoder(x_real)).sum(-1)
-    torch.testing.assert_close(loss, (cos - 0.3).abs(), atol=1e-6, rtol=0)
+        dot = (id_encoder(x_anon) * id_encoder(x_real)).sum(-1)  # upstream: L2-normalised, so a dot product
+    torch.testing.assert_close(loss, (dot - 0.3).abs(), atol=1e-6, rtol=0)
     loss.mean().backward()
-    assert x_real.grad is None  # the real features are detached
+    assert x_real.grad is None
     assert x_anon.grad is not None and torch.isfinite(x_anon.grad).all() and x_anon.grad.abs().sum() > 0
-
-
-def test_identity_loss_with_cached_real_features(id_encoder):
-    x_anon, x_real = _images(2, seed=3).requires_grad_(True), _images(2, seed=4)
-    feats = id_encoder(x_real).requires_grad_(True)
-    a = identity_loss(id_encoder, x_anon, x_real, m=0.0)
-    b = identity_loss(id_encoder, x_anon, real_features=feats, m=0.0)
-    torch.testing.assert_close(a, b)
-    b.backward()
-    assert feats.grad is None
 
 
 # ---------------------------------------------------------------------------- attribute
@@ -117,68 +109,83 @@ def test_token_l1_loss_matches_upstream_loop():
     torch.testing.assert_close(token_l1_loss(a, b), upstream)
 
 
-def test_attribute_loss_zero_for_identical_positive_otherwise(farl):
+def test_token_l1_loss_detaches_real():
+    t_anon = torch.randn(2, 5, 4).requires_grad_(True)
+    t_real = torch.randn(2, 5, 4).requires_grad_(True)
+    token_l1_loss(t_anon, t_real).backward()
+    assert t_real.grad is None and t_anon.grad is not None
+
+
+def test_token_l1_loss_of_farl_tokens_is_zero_for_identical_faces_positive_otherwise(farl):
     x = _images(2, size=48)
-    assert attribute_loss(farl, x, x.clone()).item() == pytest.approx(0.0, abs=1e-6)
-    per = attribute_loss(farl, x, _images(2, size=48, seed=9), reduction="none")
+    assert token_l1_loss(farl.tokens(x), farl.tokens(x.clone())).item() == pytest.approx(0.0, abs=1e-6)
+    per = token_l1_loss(farl.tokens(x), farl.tokens(_images(2, size=48, seed=9)), reduction="none")
     assert per.shape == (2,) and (per > 0).all()
 
 
-def test_attribute_loss_gradient_reaches_anon_only(farl):
+def test_token_l1_loss_of_farl_tokens_sends_gradients_to_the_anonymized_faces_only(farl):
     x_anon = _images(2, size=64, seed=5).requires_grad_(True)
     x_real = _images(2, size=64, seed=6).requires_grad_(True)
-    attribute_loss(farl, x_anon, x_real).backward()
+    t_real = farl.tokens(x_real)  # still attached to x_real: the loss must cut it
+    token_l1_loss(farl.tokens(x_anon), t_real).backward()
     assert x_real.grad is None
     assert x_anon.grad is not None and torch.isfinite(x_anon.grad).all() and x_anon.grad.abs().sum() > 0
     assert all(p.grad is None for p in farl.parameters())
 
 
-def test_attribute_loss_per_sample_is_batch_independent(farl):
+def test_token_l1_loss_of_farl_tokens_per_sample_is_batch_independent(farl):
     x_anon, x_real = _images(3, seed=7), _images(3, seed=8)
-    per = attribute_loss(farl, x_anon, x_real, reduction="none")
-    single = torch.stack([attribute_loss(farl, x_anon[i : i + 1], x_real[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(per, single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(attribute_loss(farl, x_anon, x_real), per.mean())
-    torch.testing.assert_close(attribute_loss(farl, x_anon, x_real, reduction="sum"), per.sum())
     with torch.no_grad():
-        expected = (farl.tokens(x_anon) - farl.tokens(x_real)).abs().mean(-1).sum(-1)
-    torch.testing.assert_close(per, expected)
+        t_anon, t_real = farl.tokens(x_anon), farl.tokens(x_real)
+        per = token_l1_loss(t_anon, t_real, reduction="none")
+        single = torch.stack([token_l1_loss(farl.tokens(x_anon[i : i + 1]), farl.tokens(x_real[i : i + 1]))
+                              for i in range(3)])
+    torch.testing.assert_close(per, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(token_l1_loss(t_anon, t_real), per.mean())
+    torch.testing.assert_close(token_l1_loss(t_anon, t_real, reduction="sum"), per.sum())
+    torch.testing.assert_close(per, (t_anon - t_real).abs().mean(-1).sum(-1))
 
 
-def test_attribute_loss_with_cached_real_tokens(farl):
-    x_anon, x_real = _images(2, seed=10), _images(2, seed=11)
-    tokens = farl.tokens(x_real)
-    torch.testing.assert_close(attribute_loss(farl, x_anon, x_real), attribute_loss(farl, x_anon, real_tokens=tokens))
+# ---------------------------------------------------------------------------- both
+
+
+@pytest.mark.parametrize("loss, shape", [(identity_margin_loss, (3, 8)), (token_l1_loss, (3, 5, 4))])
+def test_sum_gives_each_sample_the_gradient_it_has_alone_and_mean_a_third_of_it(loss, shape):
+    g = torch.Generator().manual_seed(12)
+    anon, real = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    alone = []
+    for i in range(shape[0]):
+        a = anon[i : i + 1].clone().requires_grad_(True)
+        loss(a, real[i : i + 1], reduction="sum").backward()
+        alone.append(a.grad[0])
+    for reduction, scale in (("sum", 1.0), ("mean", 1.0 / shape[0])):
+        a = anon.clone().requires_grad_(True)
+        loss(a, real, reduction=reduction).backward()
+        torch.testing.assert_close(a.grad, torch.stack(alone) * scale)
 
 
 # ---------------------------------------------------------------------------- validation
 
 
-def test_loss_input_validation(farl, id_encoder):
-    x = _images(2)
+def test_loss_input_validation():
+    e, t = torch.ones(2, 4), torch.ones(2, 3, 4)
     with pytest.raises(InputError, match="reduction.*'avg'"):
-        attribute_loss(farl, x, x, reduction="avg")
+        token_l1_loss(t, t, reduction="avg")
     with pytest.raises(InputError, match="reduction"):
-        identity_margin_loss(torch.ones(1, 2), torch.ones(1, 2), 0.0, reduction="max")
-    with pytest.raises(InputError, match="x_real: batch size 3"):
-        attribute_loss(farl, x, _images(3))
-    with pytest.raises(InputError, match="x_real: batch size 1"):
-        identity_loss(id_encoder, x, _images(1))
-    with pytest.raises(InputError, match=r"x_anon: expected shape \[B, 3, H, W\], got \(3, 32, 32\)"):
-        identity_loss(id_encoder, x[0], x)
-    with pytest.raises(InputError, match="exactly one.*both"):
-        attribute_loss(farl, x, x, real_tokens=farl.tokens(x))
-    with pytest.raises(InputError, match="exactly one.*neither"):
-        identity_loss(id_encoder, x)
-    with pytest.raises(InputError, match="real_features: batch size 1"):
-        identity_loss(id_encoder, x, real_features=torch.ones(1, 16))
-    with pytest.raises(InputError, match="real_tokens: expected shape"):
-        attribute_loss(farl, x, real_tokens=torch.ones(2, 17))
-    with pytest.raises(InputError, match="m: expected a number in \\[-1, 1\\].*1.5"):
-        identity_loss(id_encoder, x, x, m=1.5)
+        identity_margin_loss(e, e, 0.0, reduction="max")
+    with pytest.raises(InputError, match=r"e_real: expected shape \(2, 4\) \(like e_anon\), got \(1, 4\)"):
+        identity_margin_loss(e, torch.ones(1, 4))
     with pytest.raises(InputError, match="e_real: expected shape"):
         identity_margin_loss(torch.ones(2, 4), torch.ones(2, 5))
+    with pytest.raises(InputError, match=r"e_anon: expected shape \[B, D\], got \(4,\)"):
+        identity_margin_loss(e[0], e)
     with pytest.raises(InputError, match="t_real: expected shape"):
         token_l1_loss(torch.ones(2, 3, 4), torch.ones(2, 3, 5))
-    with pytest.raises(InputError, match="farl: expected"):
-        attribute_loss(id_encoder, x, x)
+    with pytest.raises(InputError, match=r"t_anon: expected shape \[B, N, C\], got \(3, 4\)"):
+        token_l1_loss(t[0], t)
+    with pytest.raises(InputError, match="m: expected a number in \\[-1, 1\\].*1.5"):
+        identity_margin_loss(e, e, m=1.5)
+    with pytest.raises(InputError, match="e_anon: expected a floating point tensor"):
+        identity_margin_loss(e.long(), e)
+    with pytest.raises(InputError, match="t_real: expected a torch.Tensor"):
+        token_l1_loss(t, t.numpy())

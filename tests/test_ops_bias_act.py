@@ -231,22 +231,18 @@ def test_falco_ops_on_a_gpu(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # Kernel vs twin: forward, first and second order gradients.
 
-BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), "host"]
+# host: the extension built with nvcc/ninja for the CPU (a cold build takes about a minute: slow)
+BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("host", marks=pytest.mark.slow)]
+
+
+def _host_kernel(ext, x, b, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    return _bias_act._apply_kernel(ext, x, b, _bias_act._parse(x, b, dim, act, alpha, gain, clamp))
 
 
 @pytest.fixture
 def kernel(request):
     """A callable running bias_act through the kernel on the given backend, and its device."""
-    ext_or_call, backend = kernel_backend(request, "bias_act", (lambda x, b, **kw: so.bias_act(x, b, impl="cuda", **kw)))
-    if backend == "cuda":
-        return ext_or_call, "cuda"
-    ext = ext_or_call
-
-    def run(x, b, dim=1, act="linear", alpha=None, gain=None, clamp=None):
-        cfg = _bias_act._parse(x, b, dim, act, alpha, gain, clamp)
-        return _bias_act._apply_kernel(ext, x, b, cfg)
-
-    return run, "cpu"
+    return kernel_backend(request, "bias_act", lambda x, b, **kw: so.bias_act(x, b, impl="cuda", **kw), _host_kernel)
 
 
 TOL = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1e-4, atol=1e-4),

@@ -53,6 +53,7 @@ def toolchain():
     return _build.find_toolchain()
 
 
+@pytest.mark.slow  # a cold build takes about a minute per extension on 2 CPU cores
 @pytest.mark.parametrize("name, func", [("bias_act", "bias_act"), ("upfirdn2d", "upfirdn2d")])
 def test_extension_compiles_and_imports(toolchain, name, func, record_property):
     start = time.perf_counter()
@@ -67,6 +68,7 @@ def test_extension_compiles_and_imports(toolchain, name, func, record_property):
     assert so.build_extension(name) is module  # built once per process
 
 
+@pytest.mark.slow  # builds both extensions when they are not built yet
 def test_host_path_of_built_kernels_runs(toolchain):
     """Smallest end-to-end check of each compiled module (parity is in test_ops_bias_act/upfirdn2d)."""
     ba = so.build_extension("bias_act")

@@ -183,7 +183,12 @@ def test_setup_filter():
 # Gradients of the twin.
 
 
-@pytest.mark.parametrize("up, down, padding, fshape, flip, gain", [CONFIGS[i] for i in (2, 5, 7, 11, 13)])
+SLOW_GRADCHECKS = (5, 13)  # over 10 s each on 2 CPU cores
+
+
+@pytest.mark.parametrize("up, down, padding, fshape, flip, gain",
+                         [pytest.param(*CONFIGS[i], marks=pytest.mark.slow if i in SLOW_GRADCHECKS else ())
+                          for i in (2, 5, 7, 11, 13)])
 def test_twin_gradcheck_first_and_second_order(up, down, padding, fshape, flip, gain):
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     f = _filter(fshape)
@@ -251,21 +256,18 @@ def test_falco_ops_ref_records_the_twin(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # Kernel vs twin: forward, gradient, and the gradient of the gradient.
 
-BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), "host"]
+# host: the extension built with nvcc/ninja for the CPU (a cold build takes about a minute: slow)
+BACKENDS = [pytest.param("cuda", marks=pytest.mark.cuda), pytest.param("host", marks=pytest.mark.slow)]
+
+
+def _host_kernel(ext, x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
+    return _upfirdn2d._apply_kernel(ext, x, f, _upfirdn2d._geometry(up, down, padding, flip_filter, gain))
 
 
 @pytest.fixture
 def kernel(request):
     """A callable running upfirdn2d through the kernel on the given backend, and its device."""
-    ext_or_call, backend = kernel_backend(request, "upfirdn2d", (lambda x, f, **kw: so.upfirdn2d(x, f, impl="cuda", **kw)))
-    if backend == "cuda":
-        return ext_or_call, "cuda"
-    ext = ext_or_call
-
-    def run(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
-        return _upfirdn2d._apply_kernel(ext, x, f, _upfirdn2d._geometry(up, down, padding, flip_filter, gain))
-
-    return run, "cpu"
+    return kernel_backend(request, "upfirdn2d", lambda x, f, **kw: so.upfirdn2d(x, f, impl="cuda", **kw), _host_kernel)
 
 
 TOL = {torch.float64: dict(rtol=1e-7, atol=1e-7), torch.float32: dict(rtol=1e-4, atol=1e-4),

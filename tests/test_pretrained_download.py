@@ -1,6 +1,6 @@
 """Download, cache and verification of pretrained models, without a network.
 
-The network is reached only through ``falco.pretrained.download._urlopen``; these tests
+The network is reached only through ``falco.pretrained.fetch._urlopen``; these tests
 replace it with :class:`FakeServer`, which serves bytes from memory with or without
 ``Range`` support and can break a transfer after N bytes.
 """
@@ -20,6 +20,7 @@ import pytest
 
 from falco.errors import ChecksumError, DownloadError, InputError, ModelNotFoundError
 from falco.pretrained import download as dl
+from falco.pretrained import fetch
 from falco.pretrained.modelset import (
     HASH_CACHE_NAME,
     MANIFEST_NAME,
@@ -130,7 +131,7 @@ def entry(monkeypatch) -> ModelEntry:
 
 
 def _serve(monkeypatch, server: FakeServer) -> FakeServer:
-    monkeypatch.setattr(dl, "_urlopen", server)
+    monkeypatch.setattr(fetch, "_urlopen", server)
     return server
 
 

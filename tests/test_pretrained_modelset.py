@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from falco.errors import ChecksumError, InputError, ModelNotFoundError
 from falco.pretrained import download as dl
-from falco.pretrained.cli import TINY_BANNER, models_app
+from falco.pretrained import fetch
+from falco.cli.models import TINY_BANNER, models_app
 from falco.pretrained.modelset import (
     KIND_TINY,
     is_tiny,
@@ -27,7 +28,15 @@ from falco.pretrained.modelset import (
 from falco.pretrained.registry import DEFAULTS, REGISTRY, ROLES, get_entry, resolve_name
 
 runner = CliRunner()
-HAVE_DLIB_MODELS = package_file(REGISTRY["dlib-landmarks68"]) is not None
+
+
+def _dlib_models() -> Path:
+    """The landmark model inside the face-recognition-models package; fails (not skips) without it."""
+    path = package_file(REGISTRY["dlib-landmarks68"])
+    if path is None:
+        pytest.fail("the dlib model files are missing: face-recognition-models (a falco dependency) is not "
+                    "installed; run `pip install face-recognition-models`", pytrace=False)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -94,9 +103,10 @@ def test_models_dir_precedence(tmp_path, monkeypatch):
     assert models_dir("~/m") == tmp_path / "user" / "m"
 
 
-@pytest.mark.skipif(not HAVE_DLIB_MODELS, reason="face-recognition-models is not installed")
 def test_dlib_models_resolve_from_the_package(tmp_path):
+    dlib_models = _dlib_models()
     path = resolve_model("landmarks", tmp_path / "empty")
+    assert path == dlib_models
     assert path.name == "shape_predictor_68_face_landmarks.dat" and "face_recognition_models" in str(path)
     assert resolve_model("dlib-recognition-resnet").stat().st_size == REGISTRY["dlib-recognition-resnet"].size
 
@@ -116,8 +126,8 @@ def test_broken_manifest_is_an_input_error(tmp_path):
 
 
 # ------------------------------------------------------------------- tiny sets
-@pytest.mark.skipif(not HAVE_DLIB_MODELS, reason="face-recognition-models is not installed")
 def test_tiny_set_verifies_against_its_manifest(tmp_path):
+    _dlib_models()
     d = tmp_path / "m"
     files = _write_tiny_set(d)
     assert is_tiny(d) and not is_tiny(tmp_path / "nothing")
@@ -151,7 +161,7 @@ def test_tiny_set_defaults_and_filenames_from_manifest(tmp_path):
 def test_no_downloads_into_a_tiny_set(tmp_path, monkeypatch):
     d = tmp_path / "m"
     _write_tiny_set(d)
-    monkeypatch.setattr(dl, "_urlopen", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr(fetch, "_urlopen", lambda *a, **k: pytest.fail("network touched"))
     with pytest.raises(InputError, match="tiny"):
         dl.download_models(["farl-ep16"], d, progress=False)
 
@@ -165,8 +175,8 @@ def test_cli_list_shows_table(tmp_path):
     assert "research only" in result.output
 
 
-@pytest.mark.skipif(not HAVE_DLIB_MODELS, reason="face-recognition-models is not installed")
 def test_cli_verify_tiny_set_succeeds(tmp_path):
+    _dlib_models()
     d = tmp_path / "m"
     _write_tiny_set(d)
     result = runner.invoke(models_app, ["verify", "--models", str(d)])
@@ -186,7 +196,7 @@ def test_cli_download_offline_is_one_line_exit_1(tmp_path, monkeypatch):
     def offline(request, timeout=0):
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))
 
-    monkeypatch.setattr(dl, "_urlopen", offline)
+    monkeypatch.setattr(fetch, "_urlopen", offline)
     result = runner.invoke(models_app, ["download", "--quiet", "--models", str(tmp_path / "m")])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

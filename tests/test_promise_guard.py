@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from falco.faces.detect import dlib_model_path
-from falco.manifest import RunManifest
+from falco.run.manifest import RunManifest
 from tests.conftest import shared_path
 
 dlib = pytest.importorskip("dlib")

@@ -6,7 +6,7 @@ whose description and copyright are planted text, a JPEG COM comment, PNG text c
 method runs on them (the GAN ones on the tiny model set) with every output format, and each
 output is checked three ways: what Pillow reads (info, EXIF, ICC, text chunks), the file's
 structure (JPEG segments, PNG chunks, WebP chunks) and the raw bytes (no planted marker, in
-ASCII or in the ICC's UTF-16). ``falco.imageio.save_image`` promises no EXIF, GPS or ICC
+ASCII or in the ICC's UTF-16). ``falco.run.image_files.save_image`` promises no EXIF, GPS or ICC
 profile at all, so the ICC profile must be gone, not merely scrubbed.
 """
 

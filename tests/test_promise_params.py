@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import falco.falco_method
-from falco.anonymize import FalcoParams, OptimResult, optimise
-from falco.inversion import encode
+import falco.methods.falco
+from falco.latent.optimise import FalcoParams, OptimResult, optimise
+from falco.latent.invert import encode
 from tests.conftest import shared_path
 
 # The paper's defaults, written out (DESIGN.md), not imported from falco.
@@ -34,8 +34,7 @@ def test_falco_params_and_anonymize_config_defaults_are_the_papers(tmp_path):
 
     assert _paper_fields(FalcoParams()) == PAPER
     cfg = AnonymizeConfig(input=tmp_path, out=tmp_path / "o")
-    assert (cfg.m, cfg.steps, cfg.lr, cfg.lambda_id, cfg.lambda_attr, tuple(cfg.layers)) == (
-        0.0, 50, 0.01, 10.0, 0.1, (3, 8))
+    assert cfg.falco == FalcoParams()
 
 
 # -- from the command line / the config to the optimiser ------------------------------------
@@ -51,7 +50,7 @@ def spy_optimise(monkeypatch):
         ws = torch.cat([ws_real[:, :start], ws_fake[:, start:end], ws_real[:, end:]], dim=1)
         return OptimResult(ws=ws, losses={})
 
-    monkeypatch.setattr(falco.falco_method, "optimise", spy)
+    monkeypatch.setattr(falco.methods.falco, "optimise", spy)
     return seen
 
 
@@ -84,7 +83,7 @@ def test_cli_defaults_reach_the_optimiser(tiny_models, one_photo, tmp_path, spy_
 
 
 def test_config_defaults_reach_the_optimiser(tiny_models, one_photo, tmp_path, spy_optimise):
-    from falco.commands.anonymize import run_anonymize
+    from falco.run.anonymize import run_anonymize
     from falco.config import AnonymizeConfig
 
     run_anonymize(AnonymizeConfig(input=one_photo, out=tmp_path / "out", models=tiny_models, device="cpu",
@@ -109,7 +108,7 @@ def test_cli_flags_reach_the_optimiser(tiny_models, one_photo, tmp_path, spy_opt
 
 def _observe_lrs(monkeypatch, params: FalcoParams) -> list[float]:
     """Run the real ``optimise`` (its Adam and scheduler) on a cheap loss; the lr Adam used at each step."""
-    import falco.anonymize as anonymize_module
+    import falco.latent.optimise as anonymize_module
 
     lrs: list[float] = []
 

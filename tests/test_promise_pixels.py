@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from falco.inversion import to_tensor, to_uint8
+from falco.latent.images import dequantize, quantize, quantize_uint8, to_tensor, to_uint8
 from tests.conftest import shared_path
 
 
@@ -51,12 +51,40 @@ def test_the_quantiser_inverts_the_normalisation_exactly():
     assert to_uint8(y)[0, 0, :, 0].tolist() == [0, 255, 128, 0, 255, 1]
 
 
+def test_dequantize_is_v_over_127_5_minus_1_and_quantize_reads_every_level_back():
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    x = dequantize(levels)
+    assert x.dtype == torch.float32
+    expected = torch.arange(256, dtype=torch.float64).view(16, 16) / 127.5 - 1  # by hand, in float64
+    torch.testing.assert_close(x[0, 0].double(), expected, atol=1e-7, rtol=0)
+    u8 = quantize(x)
+    assert u8.dtype == torch.uint8 and u8.shape == (1, 3, 16, 16) and torch.equal(u8, levels)
+    # to_uint8 is the same quantiser, channels last, on the CPU, and takes tensors that need gradients
+    assert np.array_equal(to_uint8(x.clone().requires_grad_(True)), levels.permute(0, 2, 3, 1).numpy())
+
+
+def test_a_quantised_fake_reads_back_like_its_png(tmp_path):
+    """The bank's fakes are embedded from ``quantize_uint8``'s float: it must equal the saved PNG read back."""
+    g = torch.Generator().manual_seed(5)
+    render = torch.randn(2, 3, 8, 8, generator=g) * 0.8  # some values beyond [-1, 1]: clamped
+    u8, readback = quantize_uint8(render)
+    assert u8.shape == (2, 3, 8, 8) and u8.dtype == torch.uint8 and readback.dtype == torch.float32
+    rgb = to_uint8(render)
+    assert np.array_equal(u8.permute(0, 2, 3, 1).numpy(), rgb)
+    by_hand = np.clip(np.round((render.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(u8.numpy(), by_hand)
+    for i in range(2):
+        Image.fromarray(rgb[i]).save(tmp_path / f"{i}.png")
+    png = np.stack([np.asarray(Image.open(tmp_path / f"{i}.png").convert("RGB")) for i in range(2)])
+    assert torch.equal(readback, to_tensor(png, size=8))  # bit for bit
+
+
 def test_invert_feeds_the_encoder_the_written_crop_over_127_5_minus_1(tiny_models, tmp_path, monkeypatch):
     """``falco invert`` on a shared photo: the tensor the e4e encoder receives equals the aligned crop
     it wrote (PNG, lossless), read back here, / 127.5 - 1."""
-    import falco.commands.invert as invert_module
+    import falco.run.invert as invert_module
     from falco.cli import main
-    from falco.manifest import RunManifest
+    from falco.run.manifest import RunManifest
 
     src = tmp_path / "in"
     src.mkdir()

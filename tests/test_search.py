@@ -1,4 +1,5 @@
-"""Tests for falco.search: exact search, FeatureIndex kinds, pairing without reuse, validation."""
+"""Tests for falco.bank.index and falco.bank.pairing: exact search, FeatureIndex kinds, pairing
+without reuse (taken fakes included), validation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from falco.errors import InputError
-from falco.search import FeatureIndex, exact_search, pair_without_reuse
+from falco.bank.index import FeatureIndex, exact_search
+from falco.bank.pairing import pair_without_reuse
 
 
 def brute(bank: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
@@ -201,14 +203,14 @@ def test_pairing_is_exact_global_greedy(metric):
 
 
 def test_pairing_through_an_index_and_long_lists(monkeypatch):
-    from falco import search
+    from falco.bank import pairing
 
     bank = clustered(1500, seed=6)
     queries = np.repeat(bank[:5], 40, axis=0) + 0.01 * np.random.default_rng(0).standard_normal(
         (200, 64)
     ).astype(np.float32)
     ref = pair_without_reuse(bank, queries, k=4)
-    monkeypatch.setattr(search, "_KMAX", 8)  # force the fallback onto the free fakes
+    monkeypatch.setattr(pairing, "_KMAX", 8)  # force the fallback onto the free fakes
     np.testing.assert_array_equal(pair_without_reuse(bank, queries, k=4), ref)
     np.testing.assert_array_equal(pair_without_reuse(FeatureIndex.build(bank), queries, k=4), ref)
     ivf = FeatureIndex.build(bank, kind="ivf", nlist=16, nprobe=2)
@@ -237,6 +239,84 @@ def test_pairing_beats_naive_and_hungarian_is_optimal():
         totals["naive"] += dense[np.arange(5), naive].sum()
         totals["hungarian"] += dense[np.arange(5), h].sum()
     assert totals["hungarian"] <= totals["greedy"] < totals["naive"]
+
+
+def free_greedy(bank: np.ndarray, queries: np.ndarray, taken: set[int], metric: str) -> np.ndarray:
+    """Reference: the global greedy over the free fakes' dense matrix, as bank indices."""
+    free = np.array(sorted(set(range(len(bank))) - taken))
+    return free[full_greedy(brute(bank[free], queries, metric))]
+
+
+def crowded(n: int, q: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bank whose first fakes attract every query (many collisions)."""
+    rng = np.random.default_rng(seed)
+    bank = rng.standard_normal((n, 8)).astype(np.float32)
+    bank[:4] = 0.05 * bank[:4] + 2.0
+    return bank, (2.0 + rng.standard_normal((q, 8))).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_taken_fakes_are_excluded_exactly(metric):
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        n, q = int(rng.integers(20, 90)), int(rng.integers(1, 12))
+        bank, queries = crowded(n, q, seed=trial)
+        taken = set(rng.choice(n, int(rng.integers(0, n - q + 1)), replace=False).tolist())
+        ref = free_greedy(bank, queries, taken, metric)
+        for source in (bank, FeatureIndex.build(bank, metric)):
+            got = pair_without_reuse(source, queries, k=1, metric=metric, taken=taken)
+            np.testing.assert_array_equal(got, ref)
+            assert not set(got.tolist()) & taken
+
+
+def test_taken_past_the_list_limit_and_through_ivf(monkeypatch):
+    from falco.bank import pairing
+
+    bank, queries = crowded(300, 40, seed=3)
+    taken = set(range(0, 300, 3))  # the four attractive fakes among them
+    ref = free_greedy(bank, queries, taken, "cosine")
+    np.testing.assert_array_equal(pair_without_reuse(bank, queries, k=2, taken=taken), ref)
+    monkeypatch.setattr(pairing, "_KMAX", 16)  # taken + k > _KMAX: start on the free fakes
+    np.testing.assert_array_equal(pair_without_reuse(bank, queries, k=2, taken=taken), ref)
+    np.testing.assert_array_equal(
+        pair_without_reuse(FeatureIndex.build(bank), queries, k=2, taken=taken), ref
+    )
+    ivf = FeatureIndex.build(bank, kind="ivf", nlist=4, nprobe=1)
+    got = pair_without_reuse(ivf, queries, k=2, taken=taken)
+    assert len(np.unique(got)) == len(got) and not set(got.tolist()) & taken
+
+
+def test_no_taken_is_the_plain_pairing(rand_data):
+    bank, queries = rand_data
+    ref = pair_without_reuse(bank, queries[:50], k=2)
+    for taken in (None, set(), [], np.array([], np.int64)):
+        np.testing.assert_array_equal(pair_without_reuse(bank, queries[:50], k=2, taken=taken), ref)
+
+
+def test_hungarian_with_taken_is_optimal_over_the_free_fakes():
+    rng = np.random.default_rng(8)
+    bank = rng.standard_normal((8, 4)).astype(np.float32)
+    queries = rng.standard_normal((4, 4)).astype(np.float32)
+    taken = {1, 4, 6}
+    free = [i for i in range(8) if i not in taken]
+    dense = brute(bank, queries, "l2")
+    h = pair_without_reuse(bank, queries, metric="l2", method="hungarian", taken=taken)
+    best = min(dense[np.arange(4), list(p)].sum() for p in itertools.permutations(free, 4))
+    assert not set(h.tolist()) & taken and len(set(h.tolist())) == 4
+    assert dense[np.arange(4), h].sum() == pytest.approx(best)
+
+
+def test_taken_errors(rand_data):
+    bank, queries = rand_data
+    with pytest.raises(InputError, match=r"queries: 5 queries but only 4 free bank vectors \(10 in the bank, 6 taken\)"):
+        pair_without_reuse(bank[:10], queries[:5], taken={0, 1, 2, 3, 4, 5})
+    pair_without_reuse(bank[:10], queries[:4], taken={0, 1, 2, 3, 4, 5})  # exactly enough
+    with pytest.raises(InputError, match=r"taken: bank indices must be in \[0, 10\).*got 10"):
+        pair_without_reuse(bank[:10], queries[:2], taken={10})
+    with pytest.raises(InputError, match="taken: .*-1"):
+        pair_without_reuse(bank[:10], queries[:2], taken=[-1])
+    with pytest.raises(InputError, match="taken: expected bank indices"):
+        pair_without_reuse(bank[:10], queries[:2], taken=[1.5])
 
 
 # ----------------------------------------------------------------------------- validation

@@ -1,10 +1,11 @@
-"""The slow tier: FALCO and the guard with the real pretrained weights (issue #25).
+"""The real-weights tier: FALCO and the guard with the real pretrained weights.
 
-Opt-in: ``pytest -m slow``. Every test here skips, with the reason below, unless the real
-(not tiny random) models are installed (``falco models download``); the FaRL CelebA attribute
-head is optional (its test skips alone). Expectations come from outside falco's code: dlib's
-published threshold (0.6, 99.38 % on LFW), ArcFace's inference threshold (cosine 0.25 here, as
-the guard), dlib's 68 landmarks found independently on the input and the output.
+Opt-in: ``pytest -m weights`` (marked ``slow`` too, so the fast tier ``-m "not slow"`` leaves it
+out). Every test here skips, with the reason below, unless the real (not tiny random) models are
+installed (``falco models download``); the FaRL CelebA attribute head is optional (its test
+skips alone). Expectations come from outside falco's code: dlib's published threshold (0.6,
+99.38 % on LFW), ArcFace's inference threshold (cosine 0.25 here, as the guard), dlib's 68
+landmarks found independently on the input and the output.
 
 Stated bounds (per face, on the shared photos ../shared/data/faces):
 - identity changed: dlib distance >= 0.6 and ArcFace cosine < 0.25 between real and anonymized;
@@ -25,7 +26,7 @@ import pytest
 
 from tests.conftest import shared_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
 SKIP_REASON = "needs the real pretrained weights: run `falco models download`"
 # what FALCO needs (generator, e4e encoder, ArcFace, FaRL)
@@ -90,7 +91,7 @@ def _match(face, candidates):
 @pytest.fixture(scope="module")
 def falco_outputs(real_weights, tmp_path_factory) -> list[tuple[np.ndarray, np.ndarray]]:
     """(real photo, FALCO's output) for every shared photo, through the real CLI."""
-    from falco.imageio import load_image
+    from falco.run.image_files import load_image
 
     photos = _photos()
     src = tmp_path_factory.mktemp("slow-in")
@@ -169,7 +170,7 @@ def test_guard_arcface_branch_with_real_weights(real_weights):
     """A face compared with itself matches; a different person's face does not (both recognisers)."""
     from falco.evaluation.reid import ArcFaceRecognizer
     from falco.guard import Recognizers
-    from falco.imageio import load_image
+    from falco.run.image_files import load_image
 
     root = shared_path("data", "celeba-ids", "clr")
     people = []

@@ -6,8 +6,8 @@ z with a recorded seed, maps it to w (truncated toward ``w_avg``), renders, embe
 writes a bank directory; :class:`Bank` opens it, searches it and pairs real faces with fakes.
 
 What a fake's features are computed from: ``render_256(G, w)`` (the generator's image pooled
-to 256 px, noise 'const'), quantised to uint8 (:func:`falco.features.quantize_uint8`), then
-the extractor, i.e. exactly what :func:`falco.features.embed_faces` computes for a 256-px
+to 256 px, noise 'const'), quantised to uint8 (:func:`falco.latent.images.quantize_uint8`), then
+the extractor, i.e. exactly what :func:`falco.bank.features.embed_faces` computes for a 256-px
 aligned real crop. :func:`render_fakes` renders bank entries the same way.
 
 Bank directory::
@@ -41,7 +41,8 @@ from __future__ import annotations
 from falco.bank.build import build_bank, chunk_z, generator_fingerprint, render_fakes
 from falco.bank.layout import FORMAT
 from falco.bank.reader import Bank, bank_status
-from falco.search import exact_search
+from falco.bank.index import exact_search
+from falco.bank.pairing import pair_without_reuse
 
 __all__ = [
     "FORMAT",
@@ -51,6 +52,7 @@ __all__ = [
     "chunk_z",
     "exact_search",
     "generator_fingerprint",
+    "pair_without_reuse",
     "render_fakes",
 ]
 

@@ -35,14 +35,15 @@ from falco.bank.layout import (
     _write_png,
 )
 from falco.errors import InputError
-from falco.features import extractor_fingerprint, module_fingerprint, quantize_uint8
-from falco.io import (
+from falco.bank.features import extractor_fingerprint, module_fingerprint
+from falco.latent.images import quantize_uint8
+from falco.run.inputs import (
     lock_output_dir,
     publish_mode,
     remove_stale_temps,
     save_tensors,
 )
-from falco.search import (
+from falco.bank.index import (
     FeatureIndex,
 )
 
@@ -51,7 +52,6 @@ def generator_fingerprint(G: torch.nn.Module) -> str:
     """sha256 of a generator's weights and buffers (``w_avg`` and noise buffers included).
 
     Two generators with the same fingerprint render the same faces from the same w.
-    About 0.3 s for the 1024-px FFHQ generator.
     """
     return module_fingerprint(G, "stylegan2", int(G.w_dim), int(G.num_ws))
 
@@ -68,7 +68,7 @@ def chunk_z(seed: int, chunk: int, chunk_size: int, z_dim: int) -> torch.Tensor:
 
 
 def _render_quantized(G: torch.nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from falco.inversion import render_256
+    from falco.latent.invert import render_256
 
     return quantize_uint8(render_256(G, w, noise_mode=NOISE_MODE))
 
@@ -136,7 +136,7 @@ def build_bank(
         out: bank directory (created; resumed when it holds an unfinished bank with the same
             settings; returned as is when it holds the same finished bank).
         G: StyleGAN2 generator (``mapping``, ``synthesis``, ``w_avg``), on ``device``.
-        extractor: a :class:`falco.features.FeatureExtractor`, on ``device``.
+        extractor: a :class:`falco.bank.features.FeatureExtractor`, on ``device``.
         num: number of fakes.
         truncation: psi toward ``w_avg``, in [0, 1] (the paper: 0.7).
         seed: z seed (>= 0).
@@ -381,8 +381,3 @@ def _write_chunk(path: Path, ws: torch.Tensor, features: torch.Tensor, metadata:
     """
     save_tensors(path, {"ws": ws, "features": features},
                  metadata={_META_KEY: json.dumps(metadata, sort_keys=True)})
-
-
-# ----------------------------------------------------------------------------- reading
-
-

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from falco.errors import InputError
-from falco.io import (
+from falco.run.inputs import (
     atomic_path,
     atomic_write_bytes,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,17 @@ from falco.bank.layout import (
     _read_json,
 )
 from falco.errors import InputError
-from falco.features import extractor_fingerprint
-from falco.io import (
+from falco.bank.features import extractor_fingerprint
+from falco.run.inputs import (
     load_tensors,
 )
-from falco.search import (
+from falco.bank.index import (
     FeatureIndex,
     as_features,
     check_metric,
     exact_search,
-    pair_without_reuse,
 )
+from falco.bank.pairing import pair_without_reuse
 
 
 def bank_status(path: str | os.PathLike) -> dict:
@@ -216,10 +217,18 @@ class Bank:
             return idx, dist
         return exact_search(self.features, q, k=k, metric=metric)
 
-    def pair(self, features: Any, *, reuse: bool = True, k: int = 8) -> np.ndarray:
+    def pair(self, features: Any, *, reuse: bool = True, k: int = 8,
+             taken: Collection[int] | None = None) -> np.ndarray:
         """One bank index per query (cosine): the nearest fake, or with ``reuse=False`` a
-        different fake for every query (global greedy, :func:`falco.search.pair_without_reuse`;
-        needs Q <= N; ``k`` is its initial candidate list length).
+        different fake for every query, none of them in ``taken``.
+
+        Without reuse this is the global greedy over the free fakes
+        (:func:`falco.bank.pairing.pair_without_reuse`; ``k`` is its initial candidate list
+        length). ``taken`` (fakes given out earlier) is ignored with ``reuse=True``.
+
+        Raises:
+            InputError: without reuse, more queries than free fakes, or a ``taken`` index
+                outside the bank.
 
         Shape:
             features ``[Q, dim]`` -> ``[Q]`` int64.
@@ -227,7 +236,11 @@ class Bank:
         q = as_features(features, "features", dim=self.dim)
         if reuse:
             return self.search(q, k=1)[0][:, 0]
-        return pair_without_reuse(self.index, q, k=min(int(k), len(self)))
+        n_taken = 0 if taken is None else len(set(taken))
+        if len(q) + n_taken > len(self):
+            raise InputError(f"--no-reuse: the bank has {len(self)} fakes and {n_taken} are taken, "
+                             f"{len(q)} more faces need one each; build a larger bank")
+        return pair_without_reuse(self.index, q, k=min(int(k), len(self)), taken=taken)
 
     # -- checks
     def check_compatible(self, G: torch.nn.Module | None = None, extractor: Any = None) -> None:

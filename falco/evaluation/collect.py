@@ -24,7 +24,7 @@ from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
 from falco.evaluation.tools import Tools
 from falco.faces.detect import get_detector
 from falco.faces.ffhq import align_face
-from falco.imageio import load_image
+from falco.run.image_files import load_image
 
 __all__ = ["RunData", "collect_run"]
 

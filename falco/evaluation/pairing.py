@@ -24,8 +24,8 @@ import numpy as np
 
 from falco.errors import InputError
 from falco.faces.detect import Box
-from falco.io import IMAGE_SUFFIXES, discover_inputs
-from falco.manifest import MANIFEST_NAME
+from falco.run.inputs import IMAGE_SUFFIXES, discover_inputs
+from falco.run.manifest import MANIFEST_NAME
 
 __all__ = [
     "FacePair",
@@ -143,7 +143,7 @@ def read_manifest_faces(path: str | os.PathLike) -> tuple[list[ManifestFace], in
     Raises:
         InputError: No manifest there.
     """
-    from falco.manifest import RunManifest
+    from falco.run.manifest import RunManifest
 
     p = manifest_path(path)
     with RunManifest(p.parent) as manifest:
@@ -165,7 +165,7 @@ def read_manifest_faces(path: str | os.PathLike) -> tuple[list[ManifestFace], in
 
 def read_manifest_sources(path: str | os.PathLike) -> dict[str, str | None]:
     """Every input a run manifest records (with or without faces) -> its output photo, if recorded."""
-    from falco.manifest import RunManifest
+    from falco.run.manifest import RunManifest
 
     p = manifest_path(path)
     with RunManifest(p.parent) as manifest:

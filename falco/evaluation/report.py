@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from falco.evaluation.evaluate import EvaluationReport, _slug
-from falco.imageio import save_image
-from falco.io import atomic_path
+from falco.run.image_files import save_image
+from falco.run.inputs import atomic_path
 
 __all__ = ["markdown_table", "write_report"]
 

@@ -2,7 +2,7 @@
 
 The dlib models come from the PyPI package ``face-recognition-models``. They are loaded
 lazily, on first use, and cached once per process; a :class:`Detector` instance itself is
-cheap. Images must be RGB ``uint8`` arrays decoded by Pillow (see :mod:`falco.imageio`);
+cheap. Images must be RGB ``uint8`` arrays decoded by Pillow (see :mod:`falco.run.image_files`);
 dlib's own JPEG reader is never used, because decoders disagree by a few pixels on small
 faces.
 

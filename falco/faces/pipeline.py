@@ -25,7 +25,7 @@ def detect_and_align(
     (``(x0, y0, x1, y1)``), so runs are reproducible.
 
     Args:
-        image: The photo, as :func:`falco.imageio.load_image` returns it.
+        image: The photo, as :func:`falco.run.image_files.load_image` returns it.
             Shape: ``[H, W, 3]`` uint8 RGB.
         size: Side of the aligned crops (e4e/FALCO: 256).
         detector: ``'hog'`` (dlib's HOG, default), ``'cnn'`` (dlib's MMOD CNN; slow on CPU)

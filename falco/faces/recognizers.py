@@ -8,7 +8,8 @@
   face, 512-d unit embeddings. Same person when the cosine similarity is **at least 0.25**:
   the inference threshold of TreB1eN/InsightFace_Pytorch (``config.threshold = 1.5`` on the
   squared distance of unit embeddings, i.e. cos >= 1 - 1.5 / 2), whose IR-SE50 weights these
-  are. FALCO never published its own (FALCO issue #13).
+  are. FALCO's authors published no threshold of their own
+  (https://github.com/chi0tzp/FALCO/issues/13).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,12 +92,12 @@ def load_checkpoint(source: Source) -> Any:
             raise CheckpointError(
                 path,
                 f"checkpoint holds pickled Python objects ({what}) that falco will not execute "
-                f"(it loads with torch.load(weights_only=True)); {CONVERT_HINT}",
+                f"(its weights-only loader, torch.load(weights_only=True), refuses them); {CONVERT_HINT}",
             ) from None
         detail = _WEIGHTS_DETAIL_RE.search(msg)
         reason = detail.group(1).strip() if detail else _describe(exc)
         raise CheckpointError(
-            path, f"not loadable with torch.load(weights_only=True) ({reason}); "
+            path, f"not loadable with the weights-only loader, torch.load(weights_only=True) ({reason}); "
             f"is it a torch.save file? A plain pickle must be re-saved with torch.save",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError,
@@ -131,6 +131,15 @@ def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         return dict(state)
     n = len(prefix)
     return {k[n:]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any], prefixes: Sequence[str]) -> dict[str, Any]:
+    """Remove, in order, each of ``prefixes`` that every key carries (DataParallel's ``module.``...)."""
+    state = dict(state)
+    for prefix in prefixes:
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = strip_prefix(state, prefix)
+    return state
 
 
 def check_state_dict(

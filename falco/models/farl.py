@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from falco.errors import CheckpointError, InputError
+from falco.models._checkpoint import load_checkpoint, source_name
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,9 @@ def load_farl(
     """Load FaRL (or any OpenAI-layout CLIP ViT) and return its frozen visual tower.
 
     Args:
-        source: a checkpoint path (``torch.load(weights_only=True)``), a full FaRL checkpoint
-            dict (tensors under ``state_dict``), or a bare OpenAI-CLIP state dict.
+        source: a checkpoint path (read by :func:`falco.models._checkpoint.load_checkpoint`:
+            ``torch.load(weights_only=True)`` or safetensors), a full FaRL checkpoint dict
+            (tensors under ``state_dict``), or a bare OpenAI-CLIP state dict.
         normalize: see :class:`FaRLEncoder` (default: reference FALCO input, no mean/std).
         heads: attention heads, if not CLIP's ``width // 64``.
         device: where to put the model (default CPU).
@@ -326,9 +327,8 @@ def load_farl(
     The text tower and any other non-visual keys are ignored; they are listed in
     ``ignored_keys`` and logged.
     """
-    name: object = source if isinstance(source, (str, Path)) else "<state dict>"
-    raw = _read(Path(source)) if isinstance(source, (str, Path)) else source
-    sd = _state_dict(raw, name)
+    name = source_name(source)
+    sd = _state_dict(load_checkpoint(source), name)
     config = infer_config(sd, heads=heads, source=name)
     visual = build_visual(config, init_weights=False)  # every tensor is loaded below
 
@@ -439,18 +439,6 @@ def _check_image(x: Any, name: str) -> None:
         raise InputError(f"{name}: expected shape [B, 3, H, W], got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise InputError(f"{name}: expected a floating point tensor in [-1, 1], got dtype {x.dtype}")
-
-
-def _read(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(path, f"refused by the weights-only loader (not plain tensors): {e}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(path, f"unreadable checkpoint: {e}") from e
 
 
 def _state_dict(raw: Any, source: object) -> Mapping[str, Any]:

@@ -107,6 +107,21 @@ def _shortcut(in_channel: int, depth: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth))
 
 
+def _residual(in_channel: int, depth: int, stride: int, se_reduction: int | None = None) -> nn.Sequential:
+    """The residual branch (``res_layer.*``): BN, 3x3 conv, PReLU, 3x3 conv (stride), BN, and an SE gate
+    when ``se_reduction`` is given."""
+    layers = [
+        nn.BatchNorm2d(in_channel),
+        nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
+        nn.PReLU(depth),
+        nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
+        nn.BatchNorm2d(depth),
+    ]
+    if se_reduction is not None:
+        layers.append(SEModule(depth, se_reduction))
+    return nn.Sequential(*layers)
+
+
 class bottleneck_IR(nn.Module):
     """Improved residual unit: BN-conv-PReLU-conv(stride)-BN plus a (projected) shortcut.
 
@@ -117,13 +132,7 @@ class bottleneck_IR(nn.Module):
     def __init__(self, in_channel: int, depth: int, stride: int) -> None:
         super().__init__()
         self.shortcut_layer = _shortcut(in_channel, depth, stride)
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channel),
-            nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-        )
+        self.res_layer = _residual(in_channel, depth, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)
@@ -139,14 +148,7 @@ class bottleneck_IR_SE(nn.Module):
     def __init__(self, in_channel: int, depth: int, stride: int, reduction: int = SE_REDUCTION) -> None:
         super().__init__()
         self.shortcut_layer = _shortcut(in_channel, depth, stride)
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channel),
-            nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-            SEModule(depth, reduction),
-        )
+        self.res_layer = _residual(in_channel, depth, stride, se_reduction=reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)

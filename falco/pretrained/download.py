@@ -1,42 +1,38 @@
-"""Fetching pretrained files into a model set: resumable, verified, atomic.
+"""Installing pretrained files into a model set: verified, atomic, one process per file.
 
-Every download goes to ``<file>.part`` (resumed with an HTTP ``Range`` request when it is
-there, guarded by ``If-Range`` with the ETag/Last-Modified seen first), is checked against
-the registry's sha256 and size, and only then is renamed into place with ``os.replace``. A
-half file never sits under the final name. Mirrors are tried in order; tar-archive mirrors
-(the FALCO reference's Dropbox tars, whose own sha256 is published) come last: the archive
-is verified before the member is extracted.
+A file fetched by :mod:`falco.pretrained.fetch` into ``<file>.part`` is checked against the
+registry's sha256 and size, and only then renamed into place with ``os.replace``: a half
+file never sits under the final name. Mirrors are tried in order; tar-archive mirrors come
+last. ``FALCO_OFFLINE=1`` refuses all network access with a clear message.
 
-The network is reached only through :func:`_urlopen` (tests patch it). ``FALCO_OFFLINE=1``
-refuses all network access with a clear message.
-
-Google Drive: the ``drive.usercontent.google.com ... confirm=t`` URL skips the virus-scan
-page for large files; when Drive still answers with an HTML page the confirm form is parsed
-and followed once. Drive also enforces per-file download quotas: when it refuses, download
-the file in a browser and import it with ``falco models download --from-dir DIR``.
+Files fetched by hand (for example when Google Drive refuses a download over its quota) are
+imported with :func:`import_from_dir` (``falco models download --from-dir DIR``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import html
-import http.client
-import json
 import os
-import re
 import shutil
-import socket
 import sys
-import tarfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from falco.errors import ChecksumError, DownloadError, InputError, ModelNotFoundError
+from falco.pretrained.fetch import (
+    CHUNK,
+    FetchError,
+    archive_path,
+    clear_part,
+    fetch_from_archive,
+    fetch_url,
+    offline,
+    read_sidecar,
+    sidecar,
+)
 from falco.pretrained.modelset import (
     file_sha256,
     is_tiny,
@@ -45,226 +41,14 @@ from falco.pretrained.modelset import (
     record_file,
     verify_file,
 )
-from falco.pretrained.registry import REGISTRY, ArchiveSource, ModelEntry, default_names, resolve_name
+from falco.pretrained.registry import REGISTRY, ModelEntry, default_names, resolve_name
 
 __all__ = [
     "DownloadResult",
     "download_model",
     "download_models",
     "import_from_dir",
-    "fetch_url",
-    "TIMEOUT",
 ]
-
-TIMEOUT = 30.0  # seconds, for connecting and for each read
-_CHUNK = 1 << 20
-_MAX_HTML = 1 << 20
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, ConnectionError, OSError)
-
-
-def _urlopen(request: urllib.request.Request, timeout: float = TIMEOUT) -> Any:
-    """Open a URL. The only door to the network: tests replace this function."""
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (https URLs from the registry)
-
-
-def _offline() -> bool:
-    return os.environ.get("FALCO_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _user_agent() -> str:
-    try:
-        from falco import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "0"
-    return f"falco/{__version__} (+https://github.com/chi0tzp/FALCO)"
-
-
-class _FetchError(Exception):
-    """One URL failed. ``network`` is True for connection-level failures (offline, DNS, reset)."""
-
-    def __init__(self, url: str, reason: str, *, network: bool, checksum: bool = False) -> None:
-        super().__init__(reason)
-        self.url = url
-        self.reason = reason
-        self.network = network
-        self.checksum = checksum
-
-    def short(self) -> str:
-        return f"{self.url} [{self.reason}]" if self.url else self.reason
-
-
-def _describe(exc: BaseException) -> tuple[str, bool]:
-    """A short reason for an exception and whether it is a network-level failure."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}", False
-    if isinstance(exc, urllib.error.URLError):
-        reason = exc.reason
-        return (str(getattr(reason, "strerror", None) or reason)), True
-    if isinstance(exc, http.client.IncompleteRead):
-        return f"connection closed after {len(exc.partial)} more bytes", True
-    return (str(exc) or type(exc).__name__), True
-
-
-def _header(resp: Any, name: str) -> str | None:
-    headers = getattr(resp, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get(name)
-    return None if value is None else str(value)
-
-
-def _status(resp: Any) -> int:
-    status = getattr(resp, "status", None)
-    if status is None:
-        status = resp.getcode()
-    return int(status) if status is not None else 200
-
-
-# ------------------------------------------------------------------------ one URL
-def _sidecar(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
-
-
-def _read_sidecar(part: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(_sidecar(part).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _clear_part(part: Path) -> None:
-    part.unlink(missing_ok=True)
-    _sidecar(part).unlink(missing_ok=True)
-
-
-def _gdrive_confirm_url(page: str, url: str) -> str | None:
-    """Follow Google Drive's "can't scan this file for viruses" form, if the page is one."""
-    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
-    if form:
-        action = html.unescape(form.group(1))
-        fields = dict(re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2)))
-        if fields:
-            return action + ("&" if "?" in action else "?") + urllib.parse.urlencode(fields)
-    token = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
-    if token and "confirm=" not in url:
-        return url + ("&" if "?" in url else "?") + "confirm=" + token.group(1)
-    return None
-
-
-def fetch_url(
-    url: str,
-    part: str | os.PathLike[str],
-    *,
-    progress: bool = False,
-    desc: str = "",
-    expected_size: int | None = None,
-    _depth: int = 0,
-) -> None:
-    """Download ``url`` into ``part``, resuming from the bytes already there.
-
-    A server that ignores ``Range`` (answers 200) or whose file changed (``If-Range``
-    mismatch) restarts the file from zero. The bytes already written stay in ``part`` on
-    failure, so the next call resumes.
-
-    Raises:
-        _FetchError: The URL could not be fetched (with ``network`` set for connection errors).
-    """
-    part = Path(part)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    meta = _read_sidecar(part)
-    if part.exists() and meta.get("url") != url:
-        _clear_part(part)  # bytes from another URL: never mix
-        meta = {}
-    offset = part.stat().st_size if part.exists() else 0
-    if expected_size is not None and offset > expected_size:
-        _clear_part(part)
-        offset, meta = 0, {}
-    headers = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        validator = meta.get("etag") or meta.get("last_modified")
-        if validator:
-            headers["If-Range"] = validator
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        resp = _urlopen(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # Range not satisfiable: the part is complete (or junk); the checksum decides.
-            if expected_size is None or offset == expected_size:
-                return
-            _clear_part(part)
-            return fetch_url(url, part, progress=progress, desc=desc, expected_size=expected_size, _depth=_depth)
-        reason, network = _describe(exc)
-        raise _FetchError(url, reason, network=network) from None
-    except _NETWORK_ERRORS as exc:
-        reason, network = _describe(exc)
-        raise _FetchError(url, reason, network=network) from None
-
-    with _closing(resp):
-        status = _status(resp)
-        ctype = (_header(resp, "Content-Type") or "").lower()
-        if ctype.startswith("text/html"):
-            page = resp.read(_MAX_HTML).decode("utf-8", "replace")
-            follow = _gdrive_confirm_url(page, url) if _depth < 2 else None
-            if follow:
-                return fetch_url(follow, part, progress=progress, desc=desc, expected_size=expected_size, _depth=_depth + 1)
-            raise _FetchError(url, "got a web page instead of the file (download quota, login or a removed file)",
-                              network=False)
-        if status == 206 and offset:
-            crange = _header(resp, "Content-Range") or ""
-            m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", crange)
-            if not m or int(m.group(1)) != offset:
-                raise _FetchError(url, f"bad Content-Range {crange!r} for a resume at byte {offset}", network=False)
-            mode = "ab"
-            total = int(m.group(2)) if m.group(2) != "*" else None
-        else:
-            offset, mode = 0, "wb"  # no resume: start over
-            length = _header(resp, "Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        meta = {"url": url, "etag": _header(resp, "ETag"), "last_modified": _header(resp, "Last-Modified")}
-        _sidecar(part).write_text(json.dumps(meta), encoding="utf-8")
-        total = total or expected_size
-        bar = _progress_bar(total, offset, desc or part.name, progress)
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except _NETWORK_ERRORS as exc:
-                        reason, _ = _describe(exc)
-                        f.flush()
-                        raise _FetchError(url, f"interrupted at byte {f.tell()}: {reason}", network=True) from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    bar.update(len(chunk))
-                written = f.tell()
-        finally:
-            bar.close()
-    if total is not None and written < total:
-        raise _FetchError(url, f"connection closed at byte {written} of {total}", network=True)
-
-
-class _closing:
-    def __init__(self, resp: Any) -> None:
-        self.resp = resp
-
-    def __enter__(self) -> Any:
-        return self.resp
-
-    def __exit__(self, *exc: object) -> None:
-        close = getattr(self.resp, "close", None)
-        if close is not None:
-            close()
-
-
-def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 # ------------------------------------------------------------------- one model
@@ -295,7 +79,7 @@ def _check_payload(entry: ModelEntry, path: Path) -> tuple[str, str | None]:
         return "", f"size {size} bytes, expected {entry.size}"
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
+        for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     digest = h.hexdigest()
     if entry.sha256 is not None and digest != entry.sha256:
@@ -303,65 +87,32 @@ def _check_payload(entry: ModelEntry, path: Path) -> tuple[str, str | None]:
     return digest, None
 
 
+def _fetch_checked(entry: ModelEntry, part: Path, where: str, fetch: Callable[[], str | None],
+                   failures: list[FetchError]) -> tuple[str | None, str] | None:
+    """Run ``fetch`` (it writes ``part``), then check the payload against the registry.
+
+    Returns:
+        ``(what fetch returned, the payload's sha256)``; None when either step failed, the
+        failure (named after ``where``) appended to ``failures`` and a bad payload removed.
+    """
+    try:
+        fetched = fetch()
+    except FetchError as exc:
+        failures.append(exc)
+        return None
+    digest, problem = _check_payload(entry, part)
+    if problem:
+        clear_part(part)
+        failures.append(FetchError(where, problem, network=False, checksum=True))
+        return None
+    return fetched, digest
+
+
 def _install(entry: ModelEntry, part: Path, dest: Path, digest: str, source: str, checked: str) -> None:
     os.replace(part, dest)
-    _sidecar(part).unlink(missing_ok=True)
+    sidecar(part).unlink(missing_ok=True)
     record_file(dest.parent, entry.name, dest, sha256=digest, source=source, checked_against=checked)
     file_sha256(dest, cache_dir=dest.parent)  # warm the hash cache (cheap: re-reads once)
-
-
-def _archive_path(directory: Path, archive: ArchiveSource) -> Path:
-    base = PurePosixPath(urllib.parse.urlparse(archive.url).path).name or "archive.tar"
-    tag = (archive.sha256 or hashlib.sha256(archive.url.encode()).hexdigest())[:12]
-    return directory / ".archives" / f"{tag}-{base}"
-
-
-def _find_member(tar: tarfile.TarFile, wanted: str) -> tarfile.TarInfo | None:
-    want = [p for p in PurePosixPath(wanted).parts if p not in ("", ".")]
-    files = [m for m in tar.getmembers() if m.isfile()]
-    for m in files:
-        parts = [p for p in PurePosixPath(m.name).parts if p not in ("", ".")]
-        if parts[-len(want):] == want:
-            return m
-    same_name = [m for m in files if PurePosixPath(m.name).name == want[-1]]
-    return same_name[0] if len(same_name) == 1 else None
-
-
-def _fetch_from_archive(entry: ModelEntry, archive: ArchiveSource, directory: Path, part: Path, progress: bool) -> str:
-    """Download (or reuse) a verified tar archive and extract ``archive.member`` into ``part``.
-
-    Returns the extracted file's sha256. Raises _FetchError.
-    """
-    apath = _archive_path(directory, archive)
-    if not apath.is_file():
-        apart = apath.with_name(apath.name + ".part")
-        fetch_url(archive.url, apart, progress=progress, desc=apath.name)
-        if archive.sha256 is not None:
-            digest = file_sha256(apart)
-            if digest != archive.sha256:
-                _clear_part(apart)
-                raise _FetchError(archive.url, f"archive sha256 {digest}, expected {archive.sha256}",
-                                  network=False, checksum=True)
-        os.replace(apart, apath)
-        _sidecar(apart).unlink(missing_ok=True)
-    try:
-        with tarfile.open(apath, "r:*") as tar:
-            member = _find_member(tar, archive.member)
-            if member is None:
-                raise _FetchError(archive.url, f"archive has no member {archive.member!r}", network=False)
-            src = tar.extractfile(member)
-            if src is None:  # pragma: no cover (isfile() checked)
-                raise _FetchError(archive.url, f"cannot read {member.name!r}", network=False)
-            h = hashlib.sha256()
-            with src, open(part, "wb") as out:
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    h.update(chunk)
-                    out.write(chunk)
-    except tarfile.TarError as exc:
-        apath.unlink(missing_ok=True)
-        raise _FetchError(archive.url, f"unreadable archive: {exc}", network=False) from None
-    _sidecar(part).unlink(missing_ok=True)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -396,41 +147,30 @@ def _download_entry_locked(entry: ModelEntry, directory: Path, *, progress: bool
                            keep_archives: set[str]) -> DownloadResult:
     dest = directory / entry.filename
     part = directory / (entry.filename + ".part")
-    failures: list[_FetchError] = []
+    failures: list[FetchError] = []
     urls = list(entry.urls)
-    previous = _read_sidecar(part).get("url")
+    previous = read_sidecar(part).get("url")
     if previous in urls:  # resume from the mirror the .part came from
         urls.remove(previous)
         urls.insert(0, previous)
     for url in urls:
-        try:
-            fetch_url(url, part, progress=progress, desc=entry.filename, expected_size=entry.size)
-        except _FetchError as exc:
-            failures.append(exc)
-            continue
-        digest, problem = _check_payload(entry, part)
-        if problem:
-            _clear_part(part)
-            failures.append(_FetchError(url, problem, network=False, checksum=True))
+        fetch = functools.partial(fetch_url, url, part, progress=progress, desc=entry.filename,
+                                  expected_size=entry.size)
+        got = _fetch_checked(entry, part, url, fetch, failures)
+        if got is None:
             continue
         checked = "registry" if entry.sha256 else "none"
-        _install(entry, part, dest, digest, url, checked)
+        _install(entry, part, dest, got[1], url, checked)
         return DownloadResult(entry.name, dest, "downloaded", checked)
     for archive in entry.archives:
-        try:
-            digest = _fetch_from_archive(entry, archive, directory, part, progress)
-        except _FetchError as exc:
-            failures.append(exc)
-            continue
-        _, problem = _check_payload(entry, part)
-        if problem:
-            _clear_part(part)
-            failures.append(_FetchError(archive.url, problem, network=False, checksum=True))
+        fetch = functools.partial(fetch_from_archive, archive, directory, part, progress)
+        got = _fetch_checked(entry, part, archive.url, fetch, failures)
+        if got is None:
             continue
         checked = "registry" if entry.sha256 else ("archive" if archive.sha256 else "none")
-        _install(entry, part, dest, digest, f"archive:{archive.url}#{archive.member}", checked)
+        _install(entry, part, dest, got[0], f"archive:{archive.url}#{archive.member}", checked)
         if archive.url not in keep_archives:
-            apath = _archive_path(directory, archive)
+            apath = archive_path(directory, archive)
             apath.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 apath.parent.rmdir()  # only when empty
@@ -441,7 +181,7 @@ def _download_entry_locked(entry: ModelEntry, directory: Path, *, progress: bool
 
 
 class _ModelFailed(Exception):
-    def __init__(self, entry: ModelEntry, failures: list[_FetchError]) -> None:
+    def __init__(self, entry: ModelEntry, failures: list[FetchError]) -> None:
         super().__init__(entry.name)
         self.entry = entry
         self.failures = failures
@@ -540,10 +280,10 @@ def download_models(
     directory_made = False
     for i, entry in enumerate(todo):
         if not entry.downloadable:
-            failed.append(_ModelFailed(entry, [_FetchError("", "no download URL: copy it by hand and use --from-dir",
-                                                           network=False)]))
+            failed.append(_ModelFailed(entry, [FetchError("", "no download URL: copy it by hand and use --from-dir",
+                                                          network=False)]))
             continue
-        if _offline():
+        if offline():
             rest = ", ".join(e.name for e in todo[i:])
             raise DownloadError(
                 f"offline (FALCO_OFFLINE is set): not downloading {rest}; copy the files by hand and run: "
@@ -654,11 +394,11 @@ def import_from_dir(
                         checked_against="registry" if entry.sha256 else "none")
             results.append(DownloadResult(entry.name, dest, "imported", "registry" if entry.sha256 else "none"))
             continue
-        _clear_part(part)
+        clear_part(part)
         shutil.copyfile(path, part)
         digest, problem = _check_payload(entry, part)
         if problem:
-            _clear_part(part)
+            clear_part(part)
             refused.append(f"{path}: {problem}")
             continue
         checked = "registry" if entry.sha256 else "none"
@@ -670,4 +410,3 @@ def import_from_dir(
     if refused:
         raise ChecksumError("refused (not imported): " + "; ".join(refused))
     return results
-

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from falco.atomic import atomic_write_text
+from falco.run.atomic import atomic_write_text
 from falco.errors import ChecksumError, InputError, ModelNotFoundError
 from falco.pretrained.registry import DEFAULTS, REGISTRY, ModelEntry, resolve_name
 

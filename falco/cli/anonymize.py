@@ -1,0 +1,110 @@
+"""``falco anonymize``: every face replaced by a person who does not exist (FALCO or a baseline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from falco.cli.options import device_option, input_argument, max_pixels_option, models_option, report_summary
+from falco.errors import InputError
+
+
+def anonymize_command(
+    input: Path = input_argument(),
+    out: Path = typer.Option(..., "--out", help="Output directory (resumable; never inside INPUT)."),
+    method: str = typer.Option("falco", "--method", help="falco, blur, pixelate, mask, ciagan or deepprivacy (see `falco.methods.available_methods()`)."),
+    m: float = typer.Option(0.0, "--m", min=0.0, max=1.0, help="Identity margin m of |cos - m| (paper: 0.0)."),
+    steps: int = typer.Option(50, "--steps", min=0, help="Optimisation steps per face."),
+    models: Optional[Path] = models_option(),
+    bank: Optional[Path] = typer.Option(None, "--bank", help="Fake bank from `falco bank build` (default: build a small one)."),
+    bank_size: int = typer.Option(2000, "--bank-size", min=1, help="Fakes in the bank built when --bank is not given."),
+    no_reuse: bool = typer.Option(False, "--no-reuse", help="Give every face a different fake (the nearest unused one)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces optimised together."),
+    device: str = device_option(),
+    seed: int = typer.Option(0, "--seed"),
+    format: Optional[str] = typer.Option(None, "--format", help="png, jpeg or webp (default: the input's format)."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    on_fail: str = typer.Option("blur", "--on-fail", help="Cover faces that cannot be anonymized: blur, pixelate, mask or skip."),
+    save_crops: bool = typer.Option(False, "--save-crops", help="Also write real/inverted/neighbour/anonymized crops."),
+    lr: float = typer.Option(0.01, "--lr", help="Adam learning rate."),
+    lambda_id: float = typer.Option(10.0, "--lambda-id", help="Weight of the identity loss."),
+    lambda_attr: float = typer.Option(0.1, "--lambda-attr", help="Weight of the attribute loss."),
+    layers: str = typer.Option("3:8", "--layers", help="Trainable W+ layers START:END (paper 3:8 = layers 3..7)."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 or fp16 (ArcFace, FaRL and the generator's top --fp16-res resolutions)."),
+    fp16_res: int = typer.Option(4, "--fp16-res", min=0, help="With --amp: generator resolutions run in low precision, from the top (NVIDIA: 4; 0: generator in fp32)."),
+    modconv: str = typer.Option("fused", "--modconv", help="Modulated convolutions: fused (grouped, per face) or dense (shared weight; faster at large batch on GPUs)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last tensors (implies --modconv dense)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the render-and-loss step (slow first batch)."),
+    loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
+    detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
+    upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
+    blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
+    pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks."),
+    ciagan_id: Optional[int] = typer.Option(None, "--ciagan-id", help="ciagan: target identity (default: random, seeded)."),
+    method_option: Optional[list[str]] = typer.Option(None, "--method-option", metavar="KEY=VALUE", help="An option of the method's constructor (repeatable), e.g. feather=0.1."),
+    guard: str = typer.Option("enforce", "--guard", help="Privacy guard: off, warn or enforce (exit 1 if a face needed the fallback)."),
+    keep_identity: Optional[list[Path]] = typer.Option(None, "--keep-identity", help="Photo of a consenting person whose faces are left as they are (repeatable)."),
+    sidecar: bool = typer.Option(False, "--sidecar", help="Write <photo>.json with each face's provenance."),
+    export_detections: Optional[str] = typer.Option(None, "--export-detections", help="coco: write detections_coco.json (boxes, RLE masks)."),
+    max_pixels: int = max_pixels_option(),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
+    from falco.config import AnonymizeConfig
+    from falco.latent.optimise import FalcoParams
+    from falco.run.anonymize import run_anonymize
+
+    try:
+        start, end = (int(v) for v in layers.split(":"))
+    except ValueError:
+        raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
+    params = FalcoParams(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
+                         amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
+                         channels_last=channels_last, compile=compile, loss_resolution=loss_resolution)
+    options = parse_method_options(method_option or ())
+    options.update({k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id))
+                    if v is not None})
+    cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, device=device, seed=seed,
+                          batch_size=batch_size, falco=params, bank=bank, bank_size=bank_size, reuse=not no_reuse,
+                          method_options=options, detector=detector, upsample=upsample, max_pixels=max_pixels,
+                          format=format.lower() if format else None, quality=quality, save_crops=save_crops,
+                          sidecar=sidecar, export_detections=export_detections, on_fail=on_fail, guard=guard,
+                          keep_identity=tuple(keep_identity or ()), progress=not no_progress)
+    summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
+    report_summary(summary)
+
+
+
+
+def _modconv(value: str) -> bool:
+    if value not in ("fused", "dense"):
+        raise InputError(f"--modconv must be fused or dense, got {value!r}")
+    return value == "fused"
+
+
+def parse_method_options(pairs: list[str] | tuple[str, ...]) -> dict[str, object]:
+    """``--method-option KEY=VALUE`` pairs as keyword arguments: integers, floats, true/false and
+    none are converted, anything else stays a string (the method checks its own options)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"--method-option must be KEY=VALUE with KEY a name, got {pair!r}")
+        options[key.strip()] = _option_value(text.strip())
+    return options
+
+
+def _option_value(text: str) -> object:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,41 @@
+"""``falco eval-attributes``: detection, re-identification, attributes and quality of anonymized photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from falco.cli.options import device_option, models_option
+
+
+def eval_attributes_command(
+    real: Path = typer.Option(..., "--real", help="Folder of the original photos."),
+    anon: list[Path] = typer.Option(..., "--anon", help="Folder of anonymized photos (same relative paths); repeat to compare runs."),
+    out: Path = typer.Option(Path("eval-report"), "--out", help="Report folder (report.json/.md/.html)."),
+    pairs: Optional[list[Path]] = typer.Option(None, "--pairs", help="Run manifest to pair faces by (once, or once per --anon)."),
+    name: Optional[list[str]] = typer.Option(None, "--name", help="Run name, once per --anon (default: folder name)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of attribute labels (source[,face_index],attr...)."),
+    detectors: str = typer.Option("hog,cnn:0,mtcnn", "--detectors", help="Detection-rate detectors: hog, cnn[:UPSAMPLE], mtcnn (default: the CNN without upsampling)."),
+    recognizers: str = typer.Option("dlib,arcface", "--recognizers", help="Re-identification: dlib (offline), arcface."),
+    classifiers: str = typer.Option("landmarks,farl-celeba", "--classifiers", help="Attributes: landmarks, farl-celeba."),
+    upsample: int = typer.Option(1, "--upsample", min=0, max=4, help="dlib upsampling (reference detector, hog, cnn)."),
+    no_fid: bool = typer.Option(False, "--no-fid", help="Skip FID/KID."),
+    examples: int = typer.Option(8, "--examples", min=0, help="Example pairs per run in report.html (0: no real faces)."),
+    models: Optional[Path] = models_option(),
+    device: str = device_option(),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bars."),
+) -> None:
+    """Measure detection, re-identification, attribute preservation and quality of anonymized photos."""
+    from falco.evaluation.run import run_eval_attributes
+    from falco.evaluation import EvalConfig
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+
+    cfg = EvalConfig(real=real, anon=tuple(anon), names=tuple(name or ()), pairs=tuple(pairs or ()), labels=labels,
+                     detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
+                     upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device,
+                     progress=not no_progress)
+    run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))

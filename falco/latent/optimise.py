@@ -1,0 +1,242 @@
+"""FALCO's latent optimisation, batched: real W+ codes + fake neighbours -> anonymized W+ codes.
+
+For each face the W+ code starts as ``[real layers < start | fake layers start..end-1 | real
+layers >= end]`` (paper: 3..7 trainable); only the fake's middle layers are optimised, with
+
+    loss = lambda_id * |cos(ArcFace(x_anon), ArcFace(x_real)) - m| + lambda_attr * L1(FaRL tokens)
+
+Adam (lr 0.01) for ``steps`` steps (50), lr x0.8 at 75 % and 90 % of the steps. The losses of a
+batch are summed, every face has its own parameters and Adam's state is per element, so a
+face's result does not depend on which other faces share its batch. The real faces' ArcFace
+embeddings and FaRL tokens are computed once, not at every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from falco.errors import InputError, RunAbortedError
+from falco.latent.invert import to_256
+from falco.latent.losses import identity_margin_loss, token_l1_loss
+from falco.models.stylegan2 import SynthesisPrefix
+
+__all__ = ["FalcoParams", "OptimResult", "mix_codes", "optimise"]
+
+StepCallback = Callable[[int, int], None]
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class FalcoParams:
+    """FALCO's hyperparameters; the defaults are the paper's (DESIGN.md).
+
+    The speed switches below change how the loop runs, not what it optimises; each one's
+    accuracy against fp32 is measured by ``scripts/bench_anonymize.py``:
+
+    - ``amp``: ``'bf16'`` or ``'fp16'`` autocast for ArcFace and FaRL and for the generator's
+      top ``num_fp16_res`` resolutions (NVIDIA's fp16 layers, clamped to +-256; 0 keeps the
+      generator in fp32). fp16 uses a gradient scaler.
+    - ``loss_resolution``: compute the losses on the generator's RGB skip output at this
+      resolution (e.g. 256) instead of rendering at full size (an approximation).
+    - ``fused_modconv``: grouped per-face convolutions (True) or dense convolutions on scaled
+      activations (False; usually faster at large batch on GPUs).
+    - ``channels_last``: channels-last tensors in the generator and the loss networks
+      (implies ``fused_modconv=False``).
+    - ``cache_frozen``: compute the generator layers that read only frozen codes (the 4x4 and
+      8x8 convolutions for layers 3..7) once instead of at every step. Exact.
+    - ``compile``: ``torch.compile`` the render-and-loss function with this backend
+      (``'inductor'``; True means that). The first batch of each shape pays for the compilation.
+    """
+
+    m: float = 0.0
+    steps: int = 50
+    lr: float = 0.01
+    lr_milestones: tuple[float, ...] = (0.75, 0.9)
+    lr_gamma: float = 0.8
+    lambda_id: float = 10.0
+    lambda_attr: float = 0.1
+    layers: tuple[int, int] = (3, 8)
+    amp: str | None = None
+    num_fp16_res: int = 4
+    loss_resolution: int | None = None
+    fused_modconv: bool = True
+    channels_last: bool = False
+    cache_frozen: bool = True
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # manifests written before amp had a dtype: True meant bf16
+            object.__setattr__(self, "amp", "bf16" if self.amp else None)
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", "inductor" if self.compile else None)
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise InputError(f"--amp must be one of off, {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        if self.num_fp16_res < 0:
+            raise InputError(f"num_fp16_res must be >= 0, got {self.num_fp16_res}")
+        if not 0.0 <= self.m <= 1.0:
+            raise InputError(f"m must be in [0, 1], got {self.m}")
+        if self.steps < 0:
+            raise InputError(f"steps must be >= 0, got {self.steps}")
+        if self.lr <= 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+        start, end = self.layers
+        if not 0 <= start < end:
+            raise InputError(f"layers must be (start, end) with 0 <= start < end, got {self.layers}")
+        if self.loss_resolution is not None and (self.loss_resolution < 4 or self.loss_resolution & (self.loss_resolution - 1)):
+            raise InputError(f"loss_resolution must be a power of two >= 4, got {self.loss_resolution}")
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class OptimResult:
+    """Output of :func:`optimise`.
+
+    Attributes:
+        ws: Anonymized W+ codes. Shape: ``[B, num_ws, w_dim]``.
+        losses: Per step and face: ``'id'``, ``'attr'``, ``'total'``. Shape: ``[steps, B]`` each.
+    """
+
+    ws: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def final(self, i: int) -> dict[str, float]:
+        """Face ``i``'s losses at the last step, i.e. of the code *before* the last update (NaN where no step ran)."""
+        return {k: (float(v[-1, i]) if len(v) else float("nan")) for k, v in self.losses.items()}
+
+
+def mix_codes(ws_real: torch.Tensor, ws_fake: torch.Tensor, layers: tuple[int, int]) -> torch.Tensor:
+    """``[real < start | fake start..end-1 | real >= end]``.
+
+    Shape:
+        ``ws_real``, ``ws_fake``: ``[B, num_ws, w_dim]`` -> ``[B, num_ws, w_dim]``.
+    """
+    _check_codes(ws_real, ws_fake, layers)
+    start, end = layers
+    return torch.cat([ws_real[:, :start], ws_fake[:, start:end], ws_real[:, end:]], dim=1)
+
+
+def _check_codes(ws_real: torch.Tensor, ws_fake: torch.Tensor, layers: tuple[int, int]) -> None:
+    if ws_real.ndim != 3 or ws_real.shape != ws_fake.shape:
+        raise InputError(f"ws_real and ws_fake must both be [B, num_ws, w_dim], got "
+                         f"{list(ws_real.shape)} and {list(ws_fake.shape)}")
+    if layers[1] > ws_real.shape[1]:
+        raise InputError(f"layers {tuple(layers)}: the generator has only {ws_real.shape[1]} W+ layers")
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def _to_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if enabled else x
+
+
+def _losses(G: nn.Module, id_encoder: nn.Module, farl: nn.Module, ws: torch.Tensor, prefix: SynthesisPrefix | None,
+            e_real: torch.Tensor, t_real: torch.Tensor, params: FalcoParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``ws`` and return the per-face identity and attribute losses (fp32)."""
+    # the generator's precision is per resolution (num_fp16_res), not the loss networks' autocast
+    img = G.synthesis(ws, noise_mode="const", max_resolution=params.loss_resolution, prefix=prefix,
+                      fused_modconv=params.fused_modconv, channels_last=params.channels_last,
+                      num_fp16_res=params.num_fp16_res if params.amp else 0,
+                      fp16_dtype=AMP_DTYPES[params.amp or "fp16"])
+    img = _to_channels_last(to_256(img), params.channels_last)
+    with _autocast(ws.device, params.amp):
+        l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
+        l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
+    return l_id, l_attr
+
+
+_compiled_losses: dict[str, object] = {}
+
+
+def _loss_fn(params: FalcoParams):
+    if params.compile is None:
+        return _losses
+    if params.compile not in _compiled_losses:
+        _compiled_losses[params.compile] = torch.compile(_losses, backend=params.compile, dynamic=False)
+    return _compiled_losses[params.compile]
+
+
+def optimise(
+    ws_real: torch.Tensor,
+    ws_fake: torch.Tensor,
+    x_real: torch.Tensor,
+    G: nn.Module,
+    id_encoder: nn.Module,
+    farl: nn.Module,
+    *,
+    params: FalcoParams = FalcoParams(),
+    on_step: StepCallback | None = None,
+) -> OptimResult:
+    """Optimise the fake neighbours' middle layers so each face keeps its attributes but not its identity.
+
+    Args:
+        ws_real: The real faces' W+ codes (e4e inversions).
+        ws_fake: The paired fakes' W+ codes.
+        x_real: The aligned real crops that were inverted, in [-1, 1] (256 px).
+        G: The generator; ``id_encoder``: ArcFace; ``farl``: FaRL encoder with ``tokens(x)``.
+        params: Hyperparameters (paper defaults) and speed switches.
+        on_step: Called as ``on_step(step, steps)`` after each step (``step`` 1-based, ``steps`` =
+            ``params.steps``), once the update is applied and the step's losses recorded, e.g. for a
+            progress bar.
+
+    Shape:
+        ``ws_*``: ``[B, num_ws, w_dim]``; ``x_real``: ``[B, 3, 256, 256]`` -> ``OptimResult.ws`` like ``ws_real``.
+    """
+    _check_codes(ws_real, ws_fake, params.layers)
+    if x_real.ndim != 4 or x_real.shape[0] != ws_real.shape[0]:
+        raise InputError(f"x_real must be [B, 3, H, W] with B = {ws_real.shape[0]}, got {list(x_real.shape)}")
+    start, end = params.layers
+    device = ws_real.device
+    with torch.no_grad(), _autocast(device, params.amp):
+        x_in = _to_channels_last(x_real, params.channels_last)
+        e_real = id_encoder(x_in).float()
+        t_real = farl.tokens(x_in).float()
+    head, tail = ws_real[:, :start].detach(), ws_real[:, end:].detach()
+    w_train = ws_fake[:, start:end].detach().clone().requires_grad_(True)
+    prefix = None
+    if params.cache_frozen and start > 0 and hasattr(G, "frozen_prefix"):
+        with torch.no_grad():
+            prefix = G.frozen_prefix(ws_real, start, channels_last=params.channels_last)
+    opt = torch.optim.Adam([w_train], lr=params.lr)
+    # the reference's rule: int(0.75 * steps), int(0.9 * steps) (37 and 45 of 50; round() would give 38)
+    milestones = sorted({int(f * params.steps) for f in params.lr_milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
+    # fp16 gradients would underflow unscaled; 2**10 (not 2**16) so that no early step is skipped
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=params.amp == "fp16")
+    losses_fn = _loss_fn(params)
+    history: dict[str, list[torch.Tensor]] = {"id": [], "attr": [], "total": []}
+    for step in range(params.steps):
+        ws = torch.cat([head, w_train, tail], dim=1)
+        try:
+            l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
+        except Exception as exc:
+            if params.compile is not None and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RunAbortedError(f"--compile: torch.compile (backend {params.compile!r}) failed: {first}; "
+                                      "run without --compile") from exc
+            raise
+        total = params.lambda_id * l_id + params.lambda_attr * l_attr
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        for key, value in (("id", l_id), ("attr", l_attr), ("total", total)):
+            history[key].append(value.detach().float().cpu())
+        if on_step is not None:
+            on_step(step + 1, params.steps)
+    ws = torch.cat([head, w_train.detach(), tail], dim=1)
+    losses = {k: torch.stack(v) if v else torch.empty(0, ws.shape[0]) for k, v in history.items()}
+    return OptimResult(ws=ws, losses=losses)
