@@ -73,6 +73,7 @@ def test_build_end_to_end(ref, G, ex):
     assert len(bank) == m["count"] == NUM
     assert (m["w_dim"], m["num_ws"], m["truncation"], m["seed"]) == (G.w_dim, G.num_ws, PSI, SEED)
     assert m["features"]["name"] == "farl" and m["features"]["dim"] == ex.dim == 32
+    assert m["features"]["preprocessing"] == ex.preprocessing == "clip-32-[0,1]"  # the tiny FaRL is 32 px
     assert m["generator"]["fingerprint"] == bank_mod.generator_fingerprint(G)
     assert m["index"]["kind"] == "flat" and (ref / "index.faiss").is_file()
     assert [c["count"] for c in m["chunks"]] == [16, 16, 8]
@@ -104,6 +105,91 @@ def test_features_are_the_real_face_path(ref, G, ex):
     small = torch.nn.functional.interpolate(torch.as_tensor(faces[3:4]).permute(0, 3, 1, 2).float(), size=(64, 64),
                                             mode="area")[0].permute(1, 2, 0).numpy()
     assert thumb.shape == (64, 64, 3) and np.abs(thumb.astype(float) - small).max() <= 1.0
+
+
+def test_both_sides_of_pairing_use_one_preprocessing(ref, G, ex):
+    """A fake as the bank builder embedded it and the same image given to FALCO's query path as a
+    real aligned crop (uint8 -> to_tensor -> Bank.query_features) have the same feature; that
+    feature is FaRL's embedding of the face in [0, 1] with CLIP mean/std, while the attribute
+    loss's input (the shared network's own preprocess) stays in [-1, 1] without mean/std."""
+    from falco.latent.images import to_tensor
+    from falco.models.farl import CLIP_MEAN, CLIP_STD
+
+    bank = Bank.open(ref)
+    faces = render_fakes(G, bank.ws[:6])
+    x_real = to_tensor(faces, size=256)  # exactly what FalcoAnonymizer._process embeds
+    feats = bank.query_features(ex, x_real)
+    np.testing.assert_allclose(feats, bank.features[:6], atol=2e-5)
+    assert bank.pair(feats).tolist() == list(range(6))
+
+    net = ex.net
+    x01 = torch.nn.functional.interpolate((x_real + 1) / 2, size=(32, 32), mode="bilinear", antialias=True)
+    clip_in = (x01 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(ex.preprocess(x_real), clip_in, atol=1e-5, rtol=0)
+    by_hand = torch.nn.functional.normalize(net.pool(net.encode_tokens(clip_in)), dim=-1)
+    np.testing.assert_allclose(feats, by_hand.numpy(), atol=2e-5)
+    # the attribute loss's convention is untouched: [-1, 1] in, no mean/std
+    assert net.normalize is False
+    black = torch.full((1, 3, 256, 256), -1.0)
+    assert torch.equal(net.preprocess(black), torch.full((1, 3, 32, 32), -1.0))
+    legacy = ex.with_preprocessing("farl-32-[-1,1]")
+    assert legacy.net is net and ex.preprocessing == "clip-32-[0,1]"  # a view: same network
+    torch.testing.assert_close(legacy(x_real), torch.nn.functional.normalize(net.pooled(x_real), dim=-1))
+    assert np.abs(legacy(x_real).numpy() - feats).max() > 1e-3  # the two preprocessings differ
+
+
+def test_a_bank_built_before_the_preprocessing_was_recorded_pairs_as_before(tmp_path, G, ex):
+    """A bank whose FaRL features were embedded the old way ([-1, 1], no mean/std) and whose
+    manifest has no preprocessing field opens, accepts today's extractor (its fingerprint is
+    the old one), and embeds its queries the old way, so they pair as before."""
+    from falco.bank.features import module_fingerprint
+    from falco.latent.images import to_tensor
+
+    old_ex = ex.with_preprocessing("farl-32-[-1,1]")
+    out = build(tmp_path / "old", G, old_ex, num=8, chunk_size=8, thumbnails=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["features"]["preprocessing"] == "farl-32-[-1,1]"  # an explicitly recorded old id works too
+    # the fingerprint is the formula banks of that time recorded
+    assert m["features"]["fingerprint"] == module_fingerprint(
+        ex.net, "farl", 32, {"normalize": False, "input": "resize-short-224-centre-crop"})
+    del m["features"]["preprocessing"]
+    (out / "manifest.json").write_text(json.dumps(m))
+
+    bank = Bank.open(out)
+    assert bank.preprocessing is None and "not recorded" in repr(bank)
+    bank.check_compatible(G, ex)  # today's default extractor, compared with the bank's preprocessing
+    assert bank.query_extractor(ex).preprocessing == "farl-32-[-1,1]" and bank.query_extractor(ex).net is ex.net
+    x_real = to_tensor(render_fakes(G, bank.ws), size=256)
+    np.testing.assert_allclose(bank.query_features(ex, x_real), bank.features, atol=2e-5)
+    np.testing.assert_allclose(embed_faces(ex, render_fakes(G, bank.ws), preprocessing="farl-32-[-1,1]"),
+                               bank.features, atol=2e-5)
+    assert np.abs(ex(x_real).numpy() - bank.features).max() > 1e-3  # the new preprocessing would not match
+
+    m["features"]["preprocessing"] = "dino-224"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="preprocessing 'dino-224', which this 'farl' extractor cannot apply"):
+        Bank.open(out).check_compatible(None, ex)
+
+
+def test_each_extractor_names_its_preprocessing(models):
+    from open_clip.transformer import VisionTransformer
+
+    arc = load_extractor("arcface", models)
+    assert arc.preprocessing == arc.legacy_preprocessing == "arcface-256-crop-112-[-1,1]"
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    torch.testing.assert_close(arc.preprocess(x), arc.net.crop(x))
+    torch.testing.assert_close(arc(x), torch.nn.functional.normalize(arc.net(x), dim=-1))
+    vit = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=1, mlp_ratio=2.0, output_dim=24)
+    clip = ClipExtractor(vit, image_size=32)
+    assert clip.preprocessing == clip.legacy_preprocessing == "clip-32-[0,1]-bicubic"
+    assert ex_ids(load_extractor("farl", models)) == ("clip-32-[0,1]", "farl-32-[-1,1]", "farl-32-[-1,1]")
+    assert load_extractor("farl", models, preprocessing="farl-32-[-1,1]").preprocessing == "farl-32-[-1,1]"
+    with pytest.raises(InputError, match="preprocessing: the 'arcface' extractor applies"):
+        arc.with_preprocessing("clip-224-[0,1]")
+
+
+def ex_ids(e) -> tuple[str, ...]:
+    return (e.preprocessing, *e.preprocessings[1:], e.legacy_preprocessing)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
@@ -165,6 +251,7 @@ def test_falco_pairs_through_the_bank(ref):
     falco.bank, falco.reuse, falco.used = bank, True, {7}
     q = np.repeat(bank.features[[7]] + 0.01, 6, axis=0)
     np.testing.assert_array_equal(falco._pair(q), bank.search(q, k=1)[0][:, 0])
+    assert falco.summary() == {} and bank.pairing_checked == 0  # exact index: nothing to measure
     falco.reuse = False
     got = falco._pair(q)
     unit = bank.features / np.linalg.norm(bank.features, axis=1, keepdims=True)
@@ -178,6 +265,77 @@ def test_falco_pairs_through_the_bank(ref):
     falco.used = set(range(36))
     with pytest.raises(InputError, match="--no-reuse: the bank has 40 fakes and 36 are taken"):
         falco._pair(q)
+
+
+def _as_ivf(path: Path, *, nlist: int, nprobe: int) -> Bank:
+    """Open the bank at ``path`` with an approximate (IVF) index in place of its own."""
+    from falco.bank.index import FeatureIndex
+
+    bank = Bank.open(path)
+    bank._index = FeatureIndex.build(bank.features, kind="ivf", nlist=nlist, nprobe=nprobe, seed=0)
+    bank.manifest["index"]["kind"] = "ivf"
+    return bank
+
+
+def test_an_approximate_index_measures_its_recall_on_the_queries(ref):
+    """Every N-th query (the first included) is also searched exactly; recall@1 counts those the
+    index answered with a fake as close as the exact nearest."""
+    bank = _as_ivf(ref, nlist=8, nprobe=1)
+    assert bank.approximate and bank.pairing_recall_at_1 is None and bank.pairing_checked == 0
+    bank.recall_check_every = 3
+    q = np.random.default_rng(4).standard_normal((40, bank.dim)).astype(np.float32)
+    got = np.concatenate([bank.pair(q[:10]), bank.pair(q[10:11]), bank.pair(q[11:25])])
+    pick = np.arange(0, 25, 3)  # queries 0, 3, ..., 24 across the three calls
+    exact_d = exact_search(bank.features, q[pick], k=1)[1][:, 0]
+    unit = bank.features / np.linalg.norm(bank.features, axis=1, keepdims=True)
+    got_d = 1 - np.sum(unit[got[pick]] * (q[pick] / np.linalg.norm(q[pick], axis=1, keepdims=True)), axis=1)
+    hits = int(np.sum(got_d <= exact_d + 1e-5))
+    assert bank.pairing_checked == len(pick) == 9
+    assert bank.pairing_recall_at_1 == pytest.approx(hits / 9)
+    assert hits < 9  # one list of eight probed: the index does miss (so the counter is not trivially 1)
+    # without reuse the index's nearest fake is checked the same way; query 27 is the next checked one
+    bank.pair(q[25:28], reuse=False)
+    assert bank.pairing_checked == 10
+    bank.search(q[:5], exact=True)  # exact searches are not the index's answers: not counted
+    assert bank.pairing_checked == 10
+
+
+def test_the_run_summary_reports_the_measured_recall(tmp_path, ref, models):
+    """An anonymize run on a bank with an approximate index records pairing_recall_at_1 and
+    pairing_checked in its summary, and prints them; the base hook adds nothing."""
+    from falco.config import AnonymizeConfig
+    from falco.latent.optimise import FalcoParams
+    from falco.methods.base import Anonymizer
+    from falco.run.anonymize import run_anonymize
+    from falco.run.manifest import RunManifest
+    from tests.conftest import shared_path
+
+    class Plain(Anonymizer):
+        name = "plain"
+
+        def apply(self, photo, faces, results):
+            return photo.copy(), []
+
+    assert Plain().summary() == {}
+    approx = tmp_path / "bank"
+    shutil.copytree(ref, approx)
+    _as_ivf(approx, nlist=1, nprobe=1).index.save(approx / "index.faiss")  # one list: IVF, but never misses
+    m = json.loads((approx / "manifest.json").read_text())
+    m["index"]["kind"] = "ivf"
+    (approx / "manifest.json").write_text(json.dumps(m))
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_path("data", "faces", "2008_001322.jpg"), src / "three.jpg")
+    lines: list[str] = []
+    out = tmp_path / "out"
+    summary = run_anonymize(AnonymizeConfig(input=src, out=out, models=models, bank=approx, format="png",
+                                            device="cpu", guard="off", progress=False, falco=FalcoParams(steps=1)),
+                            echo=lines.append)
+    assert summary.faces == 3
+    with RunManifest(out) as man:
+        run = man.runs()[-1]["summary"]
+    assert run["pairing_checked"] == 1 and run["pairing_recall_at_1"] == 1.0  # the first of 3 queries
+    assert "falco: pairing_recall_at_1 1.0000, pairing_checked 1" in lines
 
 
 # ----------------------------------------------------------------------------- resuming

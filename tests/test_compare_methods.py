@@ -14,9 +14,9 @@ from falco.run.manifest import RunManifest
 from falco.models.tiny import write_tiny_model_set
 from tests.conftest import shared_path
 
-pytestmark = pytest.mark.slow  # six end-to-end runs and an evaluation: about a minute on 2 CPU cores
+pytestmark = pytest.mark.slow  # seven end-to-end runs and an evaluation: about a minute on 2 CPU cores
 
-METHODS = ("falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy")
+METHODS = ("falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy", "anonygan")
 
 
 def test_all_methods_side_by_side(tmp_path):

@@ -61,7 +61,7 @@ def test_tiny_set_verifies_and_is_marked(tiny_models):
     manifest = read_manifest(tiny_models)
     assert manifest["kind"] == "tiny-random"
     assert set(manifest["files"]) == {"stylegan2-ffhq-1024-rosinality", "e4e-ffhq", "arcface-irse50", "farl-ep64",
-                                      "ciagan", "deepprivacy"}
+                                      "ciagan", "deepprivacy", "anonygan", "bisenet-face-parsing"}
     res = falco_cli("models", "verify", "--models", str(tiny_models))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tiny random model set" in res.stderr

@@ -27,7 +27,7 @@ from falco.run.manifest import RunManifest
 from tests.conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_IN = {"falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy"}
+BUILT_IN = {"falco", "blur", "pixelate", "mask", "ciagan", "deepprivacy", "anonygan"}
 
 
 def test_available_methods_lists_falco_and_the_five_baselines():
@@ -61,7 +61,7 @@ def _string_constants(path: Path) -> set[str]:
 def test_the_anonymize_command_names_no_method():
     """No method-specific branch: no method's name appears in the command's code at all."""
     for module in ("falco/run/anonymize.py", "falco/cli/anonymize.py"):
-        names = _string_constants(REPO / module) & {"ciagan", "deepprivacy"}  # 'falco' is also the package
+        names = _string_constants(REPO / module) & {"ciagan", "deepprivacy", "anonygan"}  # 'falco' is also the package
         assert not names, f"{module} names methods {names}"
     tree = ast.parse((REPO / "falco/run/anonymize.py").read_text())
     compared = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)
@@ -163,7 +163,7 @@ def test_a_plain_factory_can_be_registered_too(monkeypatch, tmp_path):
 # --- one config -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, message", [
-    ("method", "nope", "--method must be one of blur, ciagan, deepprivacy, falco, mask, pixelate(, [a-z]+)*, got 'nope'"),
+    ("method", "nope", "--method must be one of ([a-z]+, )*blur, ciagan, deepprivacy, falco, mask, pixelate(, [a-z]+)*, got 'nope'"),
     ("on_fail", "melt", "--on-fail must be one of blur, pixelate, mask, skip"),
     ("guard", "maybe", "--guard must be one of off, warn, enforce"),
     ("format", "gif", "--format must be one of jpeg, jpg, png, webp"),

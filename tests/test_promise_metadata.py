@@ -27,7 +27,7 @@ from tests.conftest import shared_path
 
 MARK = "FalcoLeakMarker9c41"  # every planted string starts with it
 GPS_LATITUDE = (47.0, 11.0, 29.37)  # a position planted in the GPS IFD
-METHODS = ("blur", "pixelate", "mask", "falco", "ciagan", "deepprivacy")
+METHODS = ("blur", "pixelate", "mask", "falco", "ciagan", "deepprivacy", "anonygan")
 # (--format, input): the default (same as the input) on all three inputs, each explicit format
 # on an input of another format (one photo per run keeps the GAN methods fast)
 CONVERSIONS = (("same", "."), ("png", "a.jpg"), ("jpeg", "c.webp"), ("webp", "b.png"))

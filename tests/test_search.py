@@ -147,6 +147,26 @@ def test_auto_kind_and_fixed_params():
         fi.set_params(efSearch=10)
 
 
+def test_auto_is_exact_at_the_papers_bank_size(monkeypatch):
+    """kind='auto' keeps exact search up to AUTO_FLAT_MAX (>= 250,000) vectors: a bank of the
+    paper's 60,000 fakes is flat; only past the threshold does 'auto' try IVF."""
+    import warnings
+
+    from falco.bank import index as index_mod
+
+    assert index_mod.AUTO_FLAT_MAX >= 250_000
+    fakes = np.random.default_rng(0).standard_normal((60_000, 8)).astype(np.float32)
+    fi = FeatureIndex.build(fakes, kind="auto")
+    assert fi.kind == "flat" and fi.params == {}
+    monkeypatch.setattr(index_mod, "AUTO_FLAT_MAX", 2000)
+    bank = clustered(2001, seed=4)
+    assert FeatureIndex.build(bank[:2000], kind="auto").kind == "flat"  # up to and including the threshold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fi = FeatureIndex.build(bank, kind="auto")
+    assert fi.kind == "ivf" or any("using exact search instead" in str(w.message) for w in caught)
+
+
 def test_cuda_request_falls_back_to_cpu(rand_data):
     import faiss
 

@@ -30,9 +30,15 @@ metadata). The index and ``manifest.json`` are written after the last chunk.
 
 Compatibility. The manifest records the generator's weight fingerprint (sha256 of its state
 dict, :func:`generator_fingerprint`; the model file's sha256 too when the caller passes it)
-and the extractor's name, width and fingerprint; :meth:`Bank.check_compatible` refuses a
-generator or extractor that differs, since a bank's w codes only mean something to the
+and the extractor's name, width, preprocessing and fingerprint; :meth:`Bank.check_compatible`
+refuses a generator or extractor that differs, since a bank's w codes only mean something to the
 generator that made them and its features only to the extractor that made them.
+
+Pairing features. Both sides go through the extractor's one preprocessing function: for FaRL
+(the default) the face in [0, 1], resized to 224 px, with CLIP mean/std (``'clip-224-[0,1]'``),
+recorded as ``features.preprocessing``. Banks built before that field existed embedded FaRL
+faces in [-1, 1] without mean/std (``'farl-224-[-1,1]'``); :meth:`Bank.query_features` embeds
+their queries that way, so they pair as before (see :mod:`falco.bank.features`).
 """
 
 

@@ -136,7 +136,9 @@ def build_bank(
         out: bank directory (created; resumed when it holds an unfinished bank with the same
             settings; returned as is when it holds the same finished bank).
         G: StyleGAN2 generator (``mapping``, ``synthesis``, ``w_avg``), on ``device``.
-        extractor: a :class:`falco.bank.features.FeatureExtractor`, on ``device``.
+        extractor: a :class:`falco.bank.features.FeatureExtractor`, on ``device``; its
+            ``preprocessing`` id is recorded (``features.preprocessing``) and the bank's queries
+            are embedded with it.
         num: number of fakes.
         truncation: psi toward ``w_avg``, in [0, 1] (the paper: 0.7).
         seed: z seed (>= 0).
@@ -146,7 +148,7 @@ def build_bank(
         progress: show a progress bar with ETA (stderr).
         thumbnails: write a contact sheet per chunk.
         thumbnail_size: thumbnail side in px (8..256).
-        index: FeatureIndex kind: 'auto' (exact below 50,000 fakes, else calibrated IVF when it
+        index: FeatureIndex kind: 'auto' (exact up to 250,000 fakes, else calibrated IVF when it
             reaches recall@1 0.95), 'flat', 'ivf' or 'hnsw'.
         generator_sha256, generator_name: the model file's sha256 and name, recorded.
         extra: more top-level manifest keys (e.g. the command's config).
@@ -357,6 +359,8 @@ def _build_locked(out: Path, G, extractor, *, num, truncation, seed, batch_size,
             "dim": settings["features_dim"],
             "fingerprint": settings["features_fingerprint"],
             "source": getattr(extractor, "source", None),
+            # what the extractor did to each fake before its network; the queries do the same
+            "preprocessing": getattr(extractor, "preprocessing", None),
             "metric": "cosine",
             "normalized": True,
         },

@@ -4,27 +4,43 @@ FALCO pairs each real face with the fake whose features are nearest (cosine). Th
 extractor must embed both sides, on the same kind of input: an aligned 256-px face in
 [-1, 1] that went through uint8 (a real crop is read from a PNG; a fake is rendered, pooled to
 256 px by :func:`falco.latent.invert.render_256` and quantised to uint8, see
-:func:`falco.latent.images.quantize_uint8`). :func:`embed_faces` is the real-face path.
+:func:`falco.latent.images.quantize_uint8`). Every extractor turns that face into its network's
+input with one function, its :meth:`preprocess`, for fakes (:func:`falco.bank.build_bank`)
+and reals (:meth:`falco.bank.Bank.query_features`, :func:`embed_faces`) alike.
 
-Extractors (``load_extractor(kind)``):
+Preprocessing. Each extractor names what :meth:`preprocess` does with a short id
+(``extractor.preprocessing``); banks record it in their manifest (``features.preprocessing``)
+and their queries are embedded the same way (:meth:`falco.bank.Bank.query_extractor`):
 
 * ``'farl'`` (default, the paper's): FaRL ViT-B/16 pooled image embedding (``ln_post`` of the
-  class token, projected to 512), the input handled like the attribute loss (224 px, no CLIP
-  mean/std); from the model set's ``attributes`` role.
-* ``'clip'``: OpenAI CLIP ViT-B/16 through open_clip (QuickGELU, fp32), CLIP preprocessing
-  (bicubic resize of the short side to 224, centre crop, CLIP mean/std). Weights are looked
-  up locally only (see :data:`CLIP_FILES`); OpenAI's TorchScript ``ViT-B-16.pt`` is refused
-  (falco executes no code from a checkpoint).
-* ``'arcface'``: the identity role's ArcFace embedding (512-d) of the 256-px face's
-  identity crop. Pairing by identity is not what FALCO does; it is there for experiments.
+  class token, projected to 512) of ``'clip-224-[0,1]'``: the face mapped to [0, 1], short
+  side resized to 224 (antialiased bilinear, torchvision ``Resize(224, antialias=True)``),
+  centre-cropped, then CLIP mean/std, as FaRL was trained and as the reference FALCO's
+  ``extract_features.py`` feeds it (the reference gives it real faces in [0, 1] but fakes in
+  [-1, 1]; falco feeds both in [0, 1]). ``'farl-224-[-1,1]'`` is the preprocessing of banks
+  built before it was recorded: the attribute loss's input (the face in [-1, 1], resized the
+  same way, no mean/std); such a bank's manifest has no ``preprocessing`` field, and its
+  queries are still embedded that way. (224 is the network's resolution: a tiny test model's
+  ids read ``'clip-32-[0,1]'``.) The attribute loss itself always keeps its own input
+  convention (:class:`falco.models.farl.FaRLEncoder`); only the pairing embedding differs.
+* ``'clip'``: OpenAI CLIP ViT-B/16 through open_clip (QuickGELU, fp32) with CLIP's own
+  preprocessing, ``'clip-224-[0,1]-bicubic'`` ([0, 1], bicubic resize of the short side to
+  224, centre crop, CLIP mean/std; unchanged since CLIP banks were first built). Weights are
+  looked up locally only (see :data:`CLIP_FILES`); OpenAI's TorchScript ``ViT-B-16.pt`` is
+  refused (falco executes no code from a checkpoint).
+* ``'arcface'``: the identity role's ArcFace embedding (512-d) of the identity loss's input,
+  ``'arcface-256-crop-112-[-1,1]'``: the face in [-1, 1] (IR-SE50's training range) at 256 px,
+  cropped to ``[35:223, 32:220]`` and average-pooled to 112 (unchanged). Pairing by identity
+  is not what FALCO does; it is there for experiments.
 
 Every extractor returns float32 L2-normalised features ``[B, dim]`` and has a ``fingerprint``
 (sha256 of its weights and preprocessing) that banks record so that real faces are never
-compared with fakes embedded by another network.
+compared with fakes embedded by another network or another preprocessing.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -44,6 +60,7 @@ __all__ = [
     "ClipExtractor",
     "FarlExtractor",
     "FeatureExtractor",
+    "clip_input",
     "embed",
     "embed_faces",
     "extractor_fingerprint",
@@ -74,6 +91,11 @@ class FeatureExtractor(Protocol):
     Attributes:
         name: ``'farl'``, ``'clip'``, ``'arcface'`` (or a custom name).
         dim: feature width.
+
+    Optionally (the built-in extractors have them): ``preprocessing`` (the id of what
+    ``__call__`` does to the images, recorded in bank manifests), ``preprocessings`` (the ids
+    it can do), ``legacy_preprocessing`` (the id implied for banks that recorded none) and
+    ``with_preprocessing(id)`` (the same network with another preprocessing).
 
     Shape:
         ``__call__``: images ``[B, 3, H, W]`` in [-1, 1] (any size) -> ``[B, dim]`` float32,
@@ -111,15 +133,43 @@ def extractor_fingerprint(extractor: Any) -> str | None:
 
 
 class _Base:
-    """Common part: a frozen network, no-grad batched calls, cached fingerprint."""
+    """Common part: a frozen network, one preprocessing function, no-grad batched calls, cached fingerprint."""
 
     name: str = ""
     dim: int = 0
     source: str = ""
+    #: The id of what :meth:`preprocess` does now (recorded in bank manifests).
+    preprocessing: str = ""
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net.eval().requires_grad_(False)
         self._fingerprint: str | None = None
+
+    @property
+    def preprocessings(self) -> tuple[str, ...]:
+        """The preprocessing ids this extractor can apply (its default first)."""
+        return (self.preprocessing,)
+
+    @property
+    def legacy_preprocessing(self) -> str:
+        """The id implied for banks whose manifest records none (built before it was recorded)."""
+        return self.preprocessings[-1]
+
+    def with_preprocessing(self, preprocessing: str) -> _Base:
+        """This extractor (same network, shared) with ``preprocessing``; ``self`` if it already has it.
+
+        Raises:
+            InputError: an id this extractor cannot apply (the message lists the ones it can).
+        """
+        if preprocessing == self.preprocessing:
+            return self
+        if preprocessing not in self.preprocessings:
+            raise InputError(f"preprocessing: the {self.name!r} extractor applies "
+                             f"{', '.join(map(repr, self.preprocessings))}, got {preprocessing!r}")
+        other = copy.copy(self)
+        other.preprocessing = preprocessing
+        other._fingerprint = None
+        return other
 
     @property
     def device(self) -> torch.device:
@@ -139,6 +189,10 @@ class _Base:
     def _settings(self) -> dict:
         return {}
 
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Faces in [-1, 1] -> the network's input, as named by :attr:`preprocessing`."""
+        raise NotImplementedError
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -149,34 +203,68 @@ class _Base:
         return F.normalize(f.float(), dim=-1)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, source={self.source!r})"
+        return (f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, source={self.source!r}, "
+                f"preprocessing={self.preprocessing!r})")
 
 
 class FarlExtractor(_Base):
     """FaRL pooled image embedding (the paper's pairing space).
 
     Args:
-        encoder: a :class:`falco.models.farl.FaRLEncoder` (its ``normalize`` setting is kept
-            and recorded in the fingerprint).
+        encoder: a :class:`falco.models.farl.FaRLEncoder` (shared with the attribute loss, whose
+            input convention this class never changes).
         source: where the weights came from (file name), for manifests.
+        preprocessing: ``'clip-R-[0,1]'`` (default; R = the encoder's resolution, 224 for FaRL)
+            or ``'farl-R-[-1,1]'`` (the attribute loss's input: banks built before the
+            preprocessing was recorded); see the module notes.
     """
 
     name = "farl"
 
-    def __init__(self, encoder: nn.Module, source: str = "") -> None:
+    def __init__(self, encoder: nn.Module, source: str = "", *, preprocessing: str | None = None) -> None:
         super().__init__(encoder)
         self.dim = int(encoder.output_dim)
         self.source = source
+        r = int(encoder.image_resolution)
+        self._ids = (f"clip-{r}-[0,1]", f"farl-{r}-[-1,1]")
+        self.preprocessing = self._ids[0]
+        if preprocessing is not None:
+            if preprocessing not in self._ids:
+                raise InputError(f"preprocessing: the 'farl' extractor applies {', '.join(map(repr, self._ids))}, "
+                                 f"got {preprocessing!r}")
+            self.preprocessing = preprocessing
+
+    @property
+    def preprocessings(self) -> tuple[str, ...]:
+        return self._ids
 
     def _settings(self) -> dict:
-        return {"normalize": bool(self.net.normalize), "input": "resize-short-224-centre-crop"}
+        if self.preprocessing == self._ids[1]:  # exactly what banks of that time hashed
+            return {"normalize": bool(self.net.normalize), "input": "resize-short-224-centre-crop"}
+        return {"preprocessing": self.preprocessing,
+                "input": "[0,1]-bilinear-antialias-short-R-centre-crop-clip-mean-std"}
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Faces in [-1, 1] -> FaRL's input under :attr:`preprocessing`.
+
+        Shape:
+            ``[B, 3, H, W]`` -> ``[B, 3, R, R]`` (R = 224 for FaRL).
+        """
+        if self.preprocessing == self._ids[1]:
+            return self.net.preprocess(x)  # the attribute loss's own input convention
+        dtype = self.net.visual.conv1.weight.dtype
+        return clip_input(x, int(self.net.image_resolution), "bilinear").to(dtype)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.pooled(x)
+        return self.net.pool(self.net.encode_tokens(self.preprocess(x)))
 
 
 class ArcFaceExtractor(_Base):
     """ArcFace identity embedding (the identity loss's network and crop).
+
+    Preprocessing ``'arcface-256-crop-112-[-1,1]'``: the face in [-1, 1] (IR-SE50's training
+    range), brought to 256 px, cropped to ``[35:223, 32:220]`` and average-pooled to 112
+    (:meth:`falco.models.arcface.IdentityEncoder.crop`).
 
     Args:
         encoder: a :class:`falco.models.arcface.IdentityEncoder`.
@@ -184,6 +272,7 @@ class ArcFaceExtractor(_Base):
     """
 
     name = "arcface"
+    preprocessing = "arcface-256-crop-112-[-1,1]"
 
     def __init__(self, encoder: nn.Module, source: str = "") -> None:
         super().__init__(encoder)
@@ -193,12 +282,17 @@ class ArcFaceExtractor(_Base):
     def _settings(self) -> dict:
         return {"input": "resize-256-crop-35:223,32:220-pool-112"}
 
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Faces in [-1, 1] -> the 112-px identity crop. Shape: ``[B, 3, H, W]`` -> ``[B, 3, 112, 112]``."""
+        return self.net.crop(x)
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net.facenet(self.preprocess(x))
 
 
 class ClipExtractor(_Base):
-    """CLIP image embedding of an open_clip visual tower, with CLIP's own preprocessing.
+    """CLIP image embedding of an open_clip visual tower, with CLIP's own preprocessing
+    (``'clip-224-[0,1]-bicubic'``: :func:`clip_input` with bicubic resizing).
 
     Args:
         visual: an open_clip visual tower (``model.visual``) returning ``[B, dim]``.
@@ -213,8 +307,7 @@ class ClipExtractor(_Base):
         self.name = name
         self.image_size = int(image_size)
         self.source = source
-        self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        self.preprocessing = f"clip-{self.image_size}-[0,1]-bicubic"
         with torch.no_grad():
             probe = next(visual.parameters())
             out = visual(torch.zeros(1, 3, self.image_size, self.image_size, device=probe.device,
@@ -230,28 +323,43 @@ class ClipExtractor(_Base):
         Shape:
             ``[B, 3, H, W]`` -> ``[B, 3, S, S]``.
         """
-        s = self.image_size
-        x = (x + 1.0) * 0.5
-        h, w = x.shape[-2:]
-        scale = s / min(h, w)
-        nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-        top, left = (nh - s) // 2, (nw - s) // 2
-        x = x[:, :, top:top + s, left:left + s]
-        mean, std = self._mean.to(x), self._std.to(x)
-        return (x - mean) / std
+        return clip_input(x, self.image_size, "bicubic")
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         p = next(self.net.parameters())
         return self.net(self.preprocess(x).to(p.dtype))
 
 
+def clip_input(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Faces in [-1, 1] -> CLIP's input convention: [0, 1], short side resized to ``size``
+    (antialiased; torchvision ``Resize(size)`` geometry), centre crop, CLIP mean/std.
+
+    The one preprocessing function of the ``'clip-*'`` ids: FaRL's pairing embedding uses
+    ``interpolation='bilinear'`` (the reference FALCO's ``Resize(224, antialias=True)``), the
+    CLIP extractor ``'bicubic'`` (CLIP's own).
+
+    Shape:
+        ``[B, 3, H, W]`` -> ``[B, 3, size, size]``.
+    """
+    x = (x + 1.0) * 0.5
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_short, new_long = size, int(size * long / short)
+    nh, nw = (new_short, new_long) if h <= w else (new_long, new_short)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode=interpolation, align_corners=False, antialias=True)
+    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
+    x = x[:, :, top:top + size, left:left + size]
+    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 # ----------------------------------------------------------------------------- loading
 
 
 def load_extractor(kind: str = "farl", models: str | os.PathLike | None = None,
-                   device: str | torch.device = "cpu") -> FeatureExtractor:
+                   device: str | torch.device = "cpu", *, preprocessing: str | None = None) -> FeatureExtractor:
     """Load a feature extractor from the model set.
 
     Args:
@@ -259,11 +367,18 @@ def load_extractor(kind: str = "farl", models: str | os.PathLike | None = None,
             local weights only, see :data:`CLIP_FILES`) or ``'arcface'`` (role ``identity``).
         models: model set directory (default ``$FALCO_HOME/models``).
         device: where to put the network.
+        preprocessing: a preprocessing id (see the module notes); default: the extractor's own
+            (for FaRL ``'clip-224-[0,1]'``).
 
     Raises:
-        InputError: unknown ``kind``.
+        InputError: unknown ``kind`` or a preprocessing it cannot apply.
         ModelNotFoundError: the weights are not installed (the message says where to put them).
     """
+    ex = _load_extractor(kind, models, device)
+    return ex if preprocessing is None else ex.with_preprocessing(preprocessing)
+
+
+def _load_extractor(kind: str, models: str | os.PathLike | None, device: str | torch.device) -> _Base:
     from falco.models.zoo import load_role
     from falco.pretrained.modelset import resolve_model
 
@@ -351,22 +466,26 @@ def embed(extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int 
 
 
 def embed_faces(extractor: FeatureExtractor, faces: np.ndarray, *, size: int = 256, batch_size: int = 32,
-                device: str | torch.device | None = None) -> np.ndarray:
+                device: str | torch.device | None = None, preprocessing: str | None = None) -> np.ndarray:
     """Features of aligned real faces (uint8 RGB crops), the way bank fakes are embedded.
 
     Args:
-        extractor: the bank's extractor.
+        extractor: the bank's extractor (its own preprocessing, unless ``preprocessing`` is given:
+            pass the bank's, :meth:`falco.bank.Bank.query_extractor` does).
         faces: aligned crops, uint8 ``[N, H, W, 3]`` (or one ``[H, W, 3]``); resized to
             ``size`` (256, the size fakes are pooled to) when they are another size.
         size: the aligned face size the bank's fakes were embedded at.
         batch_size: faces per forward pass.
         device: where to run (default: the extractor's device, else CPU).
+        preprocessing: a preprocessing id the extractor can apply (see the module notes).
 
     Shape:
         faces ``[N, H, W, 3]`` -> ``[N, dim]`` float32, L2-normalised.
     """
     from falco.latent.images import to_tensor
 
+    if preprocessing is not None and preprocessing != getattr(extractor, "preprocessing", None):
+        extractor = extractor.with_preprocessing(preprocessing)
     faces = np.asarray(faces)
     if faces.ndim == 3:
         faces = faces[None]

@@ -32,13 +32,15 @@ Index kinds (``FeatureIndex.build(kind=...)``):
 * ``'hnsw'``: IndexHNSWFlat (M=32, efConstruction=40), efSearch calibrated the same way.
   Opt-in only: no training and cheap single queries, but slow to build, and at equal recall
   slower than IVF on batches of queries (see ``scripts/README.md``).
-* ``'auto'``: flat below ``AUTO_FLAT_MAX`` (50,000) vectors; otherwise IVF with calibrated
-  nprobe, falling back to flat (with a warning) when the target recall needs more than
-  ``AUTO_MAX_PROBE_FRACTION`` (1/64) of the lists: scanning IVF lists is memory-bound and
-  much slower per vector than the BLAS brute force, so beyond that the approximation buys
-  nothing. On i.i.d. random vectors (the nearest neighbour barely closer than any other
-  point) IVF needs most lists, so ``'auto'`` falls back to exact search; on clustered data
-  such as face features (low intrinsic dimension) it keeps IVF.
+* ``'auto'``: flat up to ``AUTO_FLAT_MAX`` (250,000) vectors, so a bank of the paper's size
+  (60,000 fakes) is searched exactly; beyond that IVF with calibrated nprobe, falling back to
+  flat (with a warning) when the target recall needs more than ``AUTO_MAX_PROBE_FRACTION``
+  (1/64) of the lists: scanning IVF lists is memory-bound and much slower per vector than the
+  BLAS brute force, so beyond that the approximation buys nothing. On i.i.d. random vectors
+  (the nearest neighbour barely closer than any other point) IVF needs most lists, so
+  ``'auto'`` falls back to exact search; on clustered data such as face features (low
+  intrinsic dimension) it keeps IVF. A bank with an approximate index measures its recall@1
+  on the run's own queries as well (:attr:`falco.bank.Bank.pairing_recall_at_1`).
 
 Timings and recall of each kind against scikit-learn: ``scripts/bench_search.py`` prints them
 and ``scripts/README.md`` records a run.
@@ -65,7 +67,7 @@ Kind = Literal["auto", "flat", "ivf", "hnsw"]
 
 METRICS = ("cosine", "l2")
 KINDS = ("auto", "flat", "ivf", "hnsw")
-AUTO_FLAT_MAX = 50_000
+AUTO_FLAT_MAX = 250_000  # 'auto' searches exactly up to this many vectors
 AUTO_MAX_PROBE_FRACTION = 1 / 64
 _SPARE = 8  # extra exact candidates fetched for the float64 re-ranking
 _TIE_RTOL = 1e-5
@@ -345,7 +347,7 @@ class FeatureIndex:
         )
         fm = _faiss_metric(metric)
 
-        if kind == "auto" and n < AUTO_FLAT_MAX:
+        if kind == "auto" and n <= AUTO_FLAT_MAX:
             kind = "flat"
         if kind == "flat":
             return cls(_flat(base, metric), metric, "flat", {}, device)

@@ -1,4 +1,17 @@
-"""Reading a finished fake bank: codes, features, FAISS search and pairing."""
+"""Reading a finished fake bank: codes, features, FAISS search and pairing.
+
+Queries. A real face's features must be computed like the fakes' were: with the bank's
+extractor and the preprocessing its manifest records (``features.preprocessing``; for banks
+built before it was recorded, the extractor's ``legacy_preprocessing``), which
+:meth:`Bank.query_extractor` and :meth:`Bank.query_features` apply.
+
+Recall. When the bank's index is approximate (IVF, HNSW; ``'auto'`` builds one only beyond
+250,000 fakes), every :attr:`Bank.recall_check_every`-th query through the index (the first
+one included) is also searched exactly, and :attr:`Bank.pairing_recall_at_1` is the fraction of
+those whose returned fake is as close as the exact nearest (ties count), measured on the
+run's actual queries. The exact check reads the bank's features into memory (2 GB per 10^6
+512-d fakes) and costs one brute-force search per checked query.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +49,9 @@ from falco.bank.index import (
 )
 from falco.bank.pairing import pair_without_reuse
 
+#: Approximate indexes: every N-th query (the first included) is also searched exactly.
+RECALL_CHECK_EVERY = 10
+
 
 def bank_status(path: str | os.PathLike) -> dict:
     """What a bank directory holds, without loading it.
@@ -68,6 +84,8 @@ class Bank:
         path: the bank directory.
         manifest: its ``manifest.json`` (generator and extractor identity, truncation, seed,
             count, w_dim, num_ws, index, chunks...).
+        recall_check_every: with an approximate index, every N-th query is also searched
+            exactly to measure :attr:`pairing_recall_at_1` (0: never).
 
     ``ws``, ``features`` and ``index`` load on first use.
     """
@@ -79,6 +97,11 @@ class Bank:
         self._features: np.ndarray | None = None
         self._index: FeatureIndex | None = None
         self._sheet: tuple[int, np.ndarray] | None = None
+        self._query_ex: tuple[Any, Any] | None = None  # (extractor given, its view with our preprocessing)
+        self.recall_check_every = RECALL_CHECK_EVERY
+        self._queries_seen = 0  # queries through an approximate index
+        self._checked = 0
+        self._hits = 0
 
     # -- opening
     @classmethod
@@ -116,8 +139,8 @@ class Bank:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Bank({str(self.path)!r}, count={len(self)}, features={m['features']['name']!r} "
-                f"dim {m['features']['dim']}, truncation={m['truncation']}, seed={m['seed']}, "
-                f"index={m['index']['kind']!r})")
+                f"dim {m['features']['dim']} preprocessing {self.preprocessing or 'not recorded'}, "
+                f"truncation={m['truncation']}, seed={m['seed']}, index={m['index']['kind']!r})")
 
     @property
     def w_dim(self) -> int:
@@ -131,6 +154,27 @@ class Bank:
     def dim(self) -> int:
         """Feature width."""
         return int(self.manifest["features"]["dim"])
+
+    @property
+    def preprocessing(self) -> str | None:
+        """The recorded preprocessing id of the fakes' features (e.g. ``'clip-224-[0,1]'``), or None
+        for a bank built before it was recorded (its extractor's ``legacy_preprocessing`` is implied)."""
+        return self.manifest["features"].get("preprocessing")
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the index is approximate (IVF, HNSW) rather than exact (flat)."""
+        return self.manifest["index"]["kind"] != "flat"
+
+    @property
+    def pairing_checked(self) -> int:
+        """How many queries were also searched exactly to measure :attr:`pairing_recall_at_1`."""
+        return self._checked
+
+    @property
+    def pairing_recall_at_1(self) -> float | None:
+        """Recall@1 of the approximate index measured on the queries so far (None before any check)."""
+        return self._hits / self._checked if self._checked else None
 
     def _load(self) -> None:
         ws, feats = [], []
@@ -160,7 +204,7 @@ class Bank:
 
     @property
     def index(self) -> FeatureIndex:
-        """The FAISS index (exact below 50,000 fakes by default; see the manifest's ``index``)."""
+        """The FAISS index (exact up to 250,000 fakes by default; see the manifest's ``index``)."""
         if self._index is None:
             self._index = FeatureIndex.load(self.path / self.manifest["index"]["file"])
         return self._index
@@ -196,13 +240,47 @@ class Bank:
         r, k = divmod(j, cols)
         return self._sheet[1][r * s:(r + 1) * s, k * s:(k + 1) * s].copy()
 
+    # -- queries
+    def query_extractor(self, extractor: Any) -> Any:
+        """``extractor`` with the preprocessing this bank's fakes were embedded with (the same
+        network, shared), so that real faces are embedded like the fakes.
+
+        The recorded ``features.preprocessing``, or for a bank that recorded none the extractor's
+        ``legacy_preprocessing``; an extractor without preprocessing ids is used as it is.
+
+        Raises:
+            InputError: the extractor cannot apply the bank's preprocessing.
+        """
+        if self._query_ex is not None and self._query_ex[0] is extractor:
+            return self._query_ex[1]
+        want = self.preprocessing or getattr(extractor, "legacy_preprocessing", None)
+        have = getattr(extractor, "preprocessing", None)
+        view = extractor
+        if want is not None and have is not None and want != have:
+            try:
+                view = extractor.with_preprocessing(want)
+            except InputError as exc:
+                raise InputError(f"extractor: bank {str(self.path)!r} holds features of preprocessing {want!r}, "
+                                 f"which this {extractor.name!r} extractor cannot apply ({exc})") from None
+        self._query_ex = (extractor, view)
+        return view
+
+    def query_features(self, extractor: Any, images: torch.Tensor) -> np.ndarray:
+        """Features of real faces for this bank's search: :meth:`query_extractor` on ``images``.
+
+        Shape:
+            images ``[B, 3, H, W]`` in [-1, 1] (aligned crops, like the fakes' 256 px) -> ``[B, dim]`` float32.
+        """
+        return self.query_extractor(extractor)(images).detach().float().cpu().numpy()
+
     # -- search
     def search(self, features: Any, k: int = 1, metric: str = "cosine", *,
                exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """k nearest fakes of each query.
 
         Cosine searches use the bank's index (exact unless the manifest's index kind is
-        'ivf'/'hnsw'; ``exact=True`` forces brute force); 'l2' is always exact.
+        'ivf'/'hnsw'; ``exact=True`` forces brute force); 'l2' is always exact. Queries through an
+        approximate index count towards :attr:`pairing_recall_at_1`.
 
         Shape:
             features ``[Q, dim]`` -> indices int64 ``[Q, k]``, distances float32 ``[Q, k]``.
@@ -214,8 +292,34 @@ class Bank:
             short = (idx < 0).any(axis=1)  # an approximate index found fewer than k: search exactly
             if short.any():
                 idx[short], dist[short] = exact_search(self.features, q[short], k=k, metric=metric)
+            self._check_recall(q, dist[:, 0])
             return idx, dist
         return exact_search(self.features, q, k=k, metric=metric)
+
+    def _check_recall(self, q: np.ndarray, found: np.ndarray | None = None) -> None:
+        """Search the sampled queries of ``q`` exactly and count those the index answered as well.
+
+        ``found``: the cosine distance of the fake the index gave each query (None: asked here).
+
+        Shape:
+            q ``[Q, dim]``; found ``[Q]``.
+        """
+        every = int(self.recall_check_every)
+        if not self.approximate or every < 1:
+            return
+        pick = np.flatnonzero((self._queries_seen + np.arange(len(q))) % every == 0)
+        self._queries_seen += len(q)
+        if not len(pick):
+            return
+        if found is None:
+            idx, dist = self.index.search(q[pick], 1)
+            got = np.where(idx[:, 0] >= 0, dist[:, 0], np.inf)
+        else:
+            got = found[pick]
+        truth = exact_search(self.features, q[pick], k=1)[1][:, 0].astype(np.float64)
+        hit = got <= truth + 1e-5 * np.maximum(1.0, np.abs(truth))  # as close as the nearest: ties count
+        self._checked += len(pick)
+        self._hits += int(hit.sum())
 
     def pair(self, features: Any, *, reuse: bool = True, k: int = 8,
              taken: Collection[int] | None = None) -> np.ndarray:
@@ -224,7 +328,9 @@ class Bank:
 
         Without reuse this is the global greedy over the free fakes
         (:func:`falco.bank.pairing.pair_without_reuse`; ``k`` is its initial candidate list
-        length). ``taken`` (fakes given out earlier) is ignored with ``reuse=True``.
+        length). ``taken`` (fakes given out earlier) is ignored with ``reuse=True``. Either way,
+        with an approximate index the queries count towards :attr:`pairing_recall_at_1` (the
+        index's nearest fake against the exact one).
 
         Raises:
             InputError: without reuse, more queries than free fakes, or a ``taken`` index
@@ -240,6 +346,7 @@ class Bank:
         if len(q) + n_taken > len(self):
             raise InputError(f"--no-reuse: the bank has {len(self)} fakes and {n_taken} are taken, "
                              f"{len(q)} more faces need one each; build a larger bank")
+        self._check_recall(q)
         return pair_without_reuse(self.index, q, k=min(int(k), len(self)), taken=taken)
 
     # -- checks
@@ -248,9 +355,12 @@ class Bank:
 
         Either may be None (not checked).
 
+        The extractor is compared as :meth:`query_extractor` sets it up (with the bank's
+        preprocessing), i.e. as the bank's queries will be embedded.
+
         Raises:
             InputError: naming what differs (w_dim, num_ws, weights; extractor name, width,
-                weights).
+                weights, a preprocessing it cannot apply).
         """
         m, where = self.manifest, f"bank {str(self.path)!r}"
         if G is not None:
@@ -268,7 +378,7 @@ class Bank:
             if str(extractor.name) != f["name"] or int(extractor.dim) != int(f["dim"]):
                 raise InputError(f"extractor: {where} holds {f['name']!r} features of width {f['dim']}, "
                                  f"got {extractor.name!r} of width {extractor.dim}")
-            fp = extractor_fingerprint(extractor)
+            fp = extractor_fingerprint(self.query_extractor(extractor))  # with the bank's preprocessing
             if fp is not None and f.get("fingerprint") and fp != f["fingerprint"]:
                 raise InputError(f"extractor: {where} was embedded by another {f['name']!r} network "
                                  f"(weights {f.get('source') or 'unknown'}); features would not be comparable")

@@ -14,7 +14,7 @@ from falco.errors import InputError
 def anonymize_command(
     input: Path = input_argument(),
     out: Path = typer.Option(..., "--out", help="Output directory (resumable; never inside INPUT)."),
-    method: str = typer.Option("falco", "--method", help="falco, blur, pixelate, mask, ciagan or deepprivacy (see `falco.methods.available_methods()`)."),
+    method: str = typer.Option("falco", "--method", help="falco, blur, pixelate, mask, ciagan, deepprivacy or anonygan (see `falco.methods.available_methods()`)."),
     m: float = typer.Option(0.0, "--m", min=0.0, max=1.0, help="Identity margin m of |cos - m| (paper: 0.0)."),
     steps: int = typer.Option(50, "--steps", min=0, help="Optimisation steps per face."),
     models: Optional[Path] = models_option(),
@@ -43,6 +43,7 @@ def anonymize_command(
     blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
     pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks."),
     ciagan_id: Optional[int] = typer.Option(None, "--ciagan-id", help="ciagan: target identity (default: random, seeded)."),
+    anonygan_condition: Optional[Path] = typer.Option(None, "--anonygan-condition", help="anonygan: photo of a person who does not exist whose face conditions every face (default: generated fakes, from --bank when given)."),
     method_option: Optional[list[str]] = typer.Option(None, "--method-option", metavar="KEY=VALUE", help="An option of the method's constructor (repeatable), e.g. feather=0.1."),
     guard: str = typer.Option("enforce", "--guard", help="Privacy guard: off, warn or enforce (exit 1 if a face needed the fallback)."),
     keep_identity: Optional[list[Path]] = typer.Option(None, "--keep-identity", help="Photo of a consenting person whose faces are left as they are (repeatable)."),
@@ -64,8 +65,8 @@ def anonymize_command(
                          amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
                          channels_last=channels_last, compile=compile, loss_resolution=loss_resolution)
     options = parse_method_options(method_option or ())
-    options.update({k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id))
-                    if v is not None})
+    options.update({k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id),
+                                      ("condition", anonygan_condition)) if v is not None})
     cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, device=device, seed=seed,
                           batch_size=batch_size, falco=params, bank=bank, bank_size=bank_size, reuse=not no_reuse,
                           method_options=options, detector=detector, upsample=upsample, max_pixels=max_pixels,

@@ -17,6 +17,7 @@ from falco.cli.anonymize import anonymize_command
 from falco.cli.bank import bank_app
 from falco.cli.demo import demo_command
 from falco.cli.evaluate import eval_attributes_command
+from falco.cli.falco_compat import anonymize_falco_command
 from falco.cli.invert import invert_command
 from falco.cli.models import models_app
 from falco.cli.options import APP_SETTINGS, Command
@@ -62,6 +63,7 @@ app.command("invert", cls=Command)(invert_command)
 app.command("eval-attributes", cls=Command)(eval_attributes_command)
 app.command("anonymize", cls=Command)(anonymize_command)
 app.command("demo", cls=Command)(demo_command)
+app.command("anonymize-falco", cls=Command)(anonymize_falco_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,14 @@ layers >= end]`` (paper: 3..7 trainable); only the fake's middle layers are opti
     loss = lambda_id * |cos(ArcFace(x_anon), ArcFace(x_real)) - m| + lambda_attr * L1(FaRL tokens)
 
 Adam (lr 0.01) for ``steps`` steps (50), lr x0.8 at 75 % and 90 % of the steps. The losses of a
-batch are summed, every face has its own parameters and Adam's state is per element, so a
-face's result does not depend on which other faces share its batch. The real faces' ArcFace
-embeddings and FaRL tokens are computed once, not at every step.
+batch are summed, every face has its own parameter tensor (so its own Adam state and step count)
+and, under fp16, its own loss scale, so a face's result does not depend on which other faces share
+its batch. The real faces' ArcFace embeddings and FaRL tokens are computed once, not at every step.
+
+fp16 skips steps per face: a face whose gradient overflows (non-finite after unscaling) does not
+step (its code, Adam moments and Adam step count stay as they were) and its loss scale halves;
+the other faces step as if it were not there. ``OptimResult.skipped`` counts each face's skipped
+steps; more than :data:`MAX_SKIPPED_FRACTION` of the steps means the face was not optimised.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from falco.latent.invert import to_256
 from falco.latent.losses import identity_margin_loss, token_l1_loss
 from falco.models.stylegan2 import SynthesisPrefix
 
-__all__ = ["FalcoParams", "OptimResult", "mix_codes", "optimise"]
+__all__ = ["MAX_SKIPPED_FRACTION", "FalcoParams", "OptimResult", "mix_codes", "optimise", "too_many_skipped"]
 
 StepCallback = Callable[[int, int], None]
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: A face with more fp16 steps skipped (non-finite gradients) than this share of ``steps`` counts
+#: as not optimised (:func:`too_many_skipped`); FalcoAnonymizer re-does it alone in fp32.
+MAX_SKIPPED_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,8 @@ class FalcoParams:
 
     - ``amp``: ``'bf16'`` or ``'fp16'`` autocast for ArcFace and FaRL and for the generator's
       top ``num_fp16_res`` resolutions (NVIDIA's fp16 layers, clamped to +-256; 0 keeps the
-      generator in fp32). fp16 uses a gradient scaler.
+      generator in fp32). fp16 scales each face's loss by its own dynamic scale and skips the
+      step of a face whose gradient overflows, for that face only (see the module's docstring).
     - ``loss_resolution``: compute the losses on the generator's RGB skip output at this
       resolution (e.g. 256) instead of rendering at full size (an approximation).
     - ``fused_modconv``: grouped per-face convolutions (True) or dense convolutions on scaled
@@ -103,14 +113,62 @@ class OptimResult:
     Attributes:
         ws: Anonymized W+ codes. Shape: ``[B, num_ws, w_dim]``.
         losses: Per step and face: ``'id'``, ``'attr'``, ``'total'``. Shape: ``[steps, B]`` each.
+        skipped: Per face, the steps skipped because its fp16 gradient overflowed (zeros unless
+            ``amp='fp16'``). Shape: ``[B]`` int64.
     """
 
     ws: torch.Tensor
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def final(self, i: int) -> dict[str, float]:
         """Face ``i``'s losses at the last step, i.e. of the code *before* the last update (NaN where no step ran)."""
         return {k: (float(v[-1, i]) if len(v) else float("nan")) for k, v in self.losses.items()}
+
+
+def too_many_skipped(skipped: int, steps: int) -> bool:
+    """Whether a face with ``skipped`` of ``steps`` fp16 steps skipped was not really optimised."""
+    return skipped > MAX_SKIPPED_FRACTION * steps
+
+
+class _FaceScaler:
+    """Dynamic fp16 loss scaling with one scale per face (``torch.amp.GradScaler``'s rule, per face).
+
+    Each face's loss is multiplied by its own scale (a power of two, initially ``2**10`` so that
+    no early step is skipped); its gradient rows are divided by it again (exact). A face whose
+    gradient is non-finite has its scale halved and its clean-step count reset; after
+    ``growth_interval`` clean steps in a row its scale doubles. One scale per face, not per
+    batch, keeps a face's gradients independent of the other faces' overflows.
+    """
+
+    def __init__(self, n: int, device: torch.device, init_scale: float = 2.0**10, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
+        self.scale = torch.full((n,), init_scale, dtype=torch.float32, device=device)
+        self.clean = torch.zeros(n, dtype=torch.int64, device=device)
+        self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
+
+    def unscale_(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Divide each face's gradient by its scale in place; return which faces' gradients are finite.
+
+        Shape: ``rows``: B tensors ``[layers, w_dim]`` -> ``[B]`` bool.
+        """
+        inv = self.scale.double().reciprocal().float()  # as GradScaler: exact for powers of two
+        finite = []
+        for i, row in enumerate(rows):
+            if row.grad is None:  # the face's loss does not reach its code (not the case in FALCO)
+                finite.append(torch.ones((), dtype=torch.bool, device=inv.device))
+                continue
+            row.grad.mul_(inv[i])
+            finite.append(torch.isfinite(row.grad).all())
+        return torch.stack(finite)
+
+    def update(self, finite: torch.Tensor) -> None:
+        """Back off the scales of the faces that overflowed, grow those clean for ``growth_interval`` steps."""
+        self.clean = torch.where(finite, self.clean + 1, torch.zeros_like(self.clean))
+        grow = self.clean >= self.growth_interval
+        self.scale = torch.where(finite, self.scale, self.scale * self.backoff_factor)
+        self.scale = torch.where(grow, self.scale * self.growth_factor, self.scale)
+        self.clean = torch.where(grow, torch.zeros_like(self.clean), self.clean)
 
 
 def mix_codes(ws_real: torch.Tensor, ws_fake: torch.Tensor, layers: tuple[int, int]) -> torch.Tensor:
@@ -204,21 +262,24 @@ def optimise(
         e_real = id_encoder(x_in).float()
         t_real = farl.tokens(x_in).float()
     head, tail = ws_real[:, :start].detach(), ws_real[:, end:].detach()
-    w_train = ws_fake[:, start:end].detach().clone().requires_grad_(True)
+    # one leaf tensor per face: Adam keeps its moments *and its step count* per tensor, so a face
+    # whose fp16 step is skipped (grad None) leaves the others' bias correction untouched
+    rows = [w.detach().clone().requires_grad_(True) for w in ws_fake[:, start:end].unbind(0)]
     prefix = None
     if params.cache_frozen and start > 0 and hasattr(G, "frozen_prefix"):
         with torch.no_grad():
             prefix = G.frozen_prefix(ws_real, start, channels_last=params.channels_last)
-    opt = torch.optim.Adam([w_train], lr=params.lr)
+    opt = torch.optim.Adam(rows, lr=params.lr)
     # the reference's rule: int(0.75 * steps), int(0.9 * steps) (37 and 45 of 50; round() would give 38)
     milestones = sorted({int(f * params.steps) for f in params.lr_milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=params.lr_gamma)
-    # fp16 gradients would underflow unscaled; 2**10 (not 2**16) so that no early step is skipped
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=params.amp == "fp16")
+    # fp16 gradients would underflow unscaled: one dynamic loss scale per face (_FaceScaler)
+    scaler = _FaceScaler(len(rows), device) if params.amp == "fp16" else None
+    skipped = torch.zeros(len(rows), dtype=torch.int64)
     losses_fn = _loss_fn(params)
     history: dict[str, list[torch.Tensor]] = {"id": [], "attr": [], "total": []}
     for step in range(params.steps):
-        ws = torch.cat([head, w_train, tail], dim=1)
+        ws = torch.cat([head, torch.stack(rows), tail], dim=1)
         try:
             l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
         except Exception as exc:
@@ -229,14 +290,22 @@ def optimise(
             raise
         total = params.lambda_id * l_id + params.lambda_attr * l_attr
         opt.zero_grad(set_to_none=True)
-        scaler.scale(total.sum()).backward()
-        scaler.step(opt)
-        scaler.update()
+        if scaler is None:
+            total.sum().backward()
+        else:
+            (total * scaler.scale).sum().backward()
+            finite = scaler.unscale_(rows)
+            scaler.update(finite)
+            bad = (~finite).cpu()
+            skipped += bad
+            for i in bad.nonzero().flatten().tolist():
+                rows[i].grad = None  # Adam leaves a parameter without a gradient alone: no step, no state change
+        opt.step()
         sched.step()
         for key, value in (("id", l_id), ("attr", l_attr), ("total", total)):
             history[key].append(value.detach().float().cpu())
         if on_step is not None:
             on_step(step + 1, params.steps)
-    ws = torch.cat([head, w_train.detach(), tail], dim=1)
+    ws = torch.cat([head, torch.stack(rows).detach(), tail], dim=1)
     losses = {k: torch.stack(v) if v else torch.empty(0, ws.shape[0]) for k, v in history.items()}
-    return OptimResult(ws=ws, losses=losses)
+    return OptimResult(ws=ws, losses=losses, skipped=skipped)

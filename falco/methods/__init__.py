@@ -1,4 +1,4 @@
-"""Every anonymization method behind one interface: FALCO, blur, pixelate, mask, CIAGAN, DeepPrivacy.
+"""Every anonymization method behind one interface: FALCO, blur, pixelate, mask, CIAGAN, DeepPrivacy, AnonyGAN.
 
 ``get_anonymizer('blur', preset='17')`` builds one; ``available_methods()`` lists the names.
 :mod:`falco.methods.base` states the :class:`Anonymizer` contract, :mod:`falco.methods.registry`

@@ -21,8 +21,9 @@ code: the model roles it loads (:attr:`Anonymizer.roles`), how it is built from 
 settings (:meth:`Anonymizer.from_config`), work before the inputs are shared out between ranks
 (:meth:`Anonymizer.prepare_run`), and optional hooks: a stronger re-do for the privacy guard
 (:attr:`Anonymizer.can_redo`, :meth:`Anonymizer.redo`), extra manifest fields, crops and files
-per face (:meth:`Anonymizer.face_fields`, :meth:`Anonymizer.crops`, :meth:`Anonymizer.write_outputs`)
-and a progress callback for long batched work (:meth:`Anonymizer.set_step_callback`).
+per face (:meth:`Anonymizer.face_fields`, :meth:`Anonymizer.crops`, :meth:`Anonymizer.write_outputs`),
+a progress callback for long batched work (:meth:`Anonymizer.set_step_callback`) and figures
+for the run's summary (:meth:`Anonymizer.summary`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ class Anonymizer(ABC):
 
     def set_step_callback(self, on_step: StepCallback | None) -> None:
         """Report progress of batched work as ``on_step(done, total)`` (default: nothing to report)."""
+
+    def summary(self) -> dict:
+        """JSON-able figures of the whole run, merged into the run's summary and printed on one
+        line at its end (e.g. FALCO's measured pairing recall; default: none)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings()})"

@@ -6,7 +6,9 @@ in the bank -> :func:`falco.latent.optimise.optimise` -> rendered anonymized cro
 
 A batch that fails (e.g. a NaN loss) is retried face by face; a face that still fails is
 marked failed and ``apply`` covers it with the ``on_fail`` fallback, so no identifiable face
-leaves the tool by accident.
+leaves the tool by accident. Under fp16, a face whose steps were mostly skipped (gradient
+overflow, :func:`falco.latent.optimise.too_many_skipped`) is re-optimised alone in fp32, and
+marked failed if that fails too.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from falco.latent.optimise import FalcoParams, optimise
+from falco.latent.optimise import FalcoParams, OptimResult, optimise, too_many_skipped
 from falco.methods.base import Anonymizer, StepCallback
 from falco.methods.cover import check_on_fail, fallback
 from falco.errors import InputError, RunAbortedError
@@ -55,6 +57,8 @@ class FalcoFace:
     losses: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
     previews: dict[str, np.ndarray] = field(default_factory=dict)  # 'inverted', 'neighbour' (256 px)
+    skipped_steps: int = 0                  # fp16 steps skipped for this face (gradient overflow)
+    fp32_retry: bool = False                # too many skipped: re-optimised alone in fp32
 
 
 class FalcoAnonymizer(Anonymizer):
@@ -130,16 +134,19 @@ class FalcoAnonymizer(Anonymizer):
         x_real = to_tensor(np.stack([f.image for f in faces]), size=256, device=dev)
         with torch.no_grad():
             ws_real = encode(self.E, x_real, self.latent_avg)
-            feats = self.extractor(x_real).float().cpu().numpy()
+            feats = self.bank.query_features(self.extractor, x_real)  # embedded like the bank's fakes
         idx = self._pair(feats)
         w_fake = self.bank.ws[torch.as_tensor(idx, dtype=torch.long)].to(dev, torch.float32)
         ws_fake = w_fake[:, None].repeat(1, G.num_ws, 1)
         result = optimise(ws_real, ws_fake, x_real, G, self.id_encoder, self.farl, params=self.params,
                           on_step=self.on_step)
+        skipped = [int(n) for n in result.skipped]
+        retried = [i for i, n in enumerate(skipped) if too_many_skipped(n, self.params.steps)]
+        failed = {i: why for i in retried if (why := self._retry_fp32(result, i, ws_real, ws_fake, x_real))}
         if not torch.isfinite(result.ws).all():
             raise FloatingPointError("the optimisation diverged (non-finite W+ code)")
-        if not self.reuse:  # given out only now: the fakes of a failed batch stay free
-            self.used.update(int(i) for i in idx)
+        if not self.reuse:  # given out only now: the fakes of a failed batch (or face) stay free
+            self.used.update(int(j) for i, j in enumerate(idx) if i not in failed)
         with torch.no_grad():
             crops = to_uint8(G.synthesis(result.ws, noise_mode="const"))
             previews = {}
@@ -148,18 +155,47 @@ class FalcoAnonymizer(Anonymizer):
                             "neighbour": to_uint8(render_256(G, ws_fake))}
         out = []
         for i in range(len(faces)):
+            if i in failed:
+                out.append(FalcoFace(ok=False, reason=failed[i], skipped_steps=skipped[i], fp32_retry=True))
+                continue
             out.append(FalcoFace(
                 ok=True, crop=crops[i], ws=result.ws[i].cpu(), ws_real=ws_real[i].cpu(), neighbour=int(idx[i]),
                 losses={k: _finite(v) for k, v in result.final(i).items()},
                 curves={k: v[:, i].tolist() for k, v in result.losses.items()},
                 previews={k: v[i] for k, v in previews.items()},
+                skipped_steps=skipped[i], fp32_retry=i in retried,
             ))
         return out
 
+    def _retry_fp32(self, result: OptimResult, i: int, ws_real: torch.Tensor, ws_fake: torch.Tensor,
+                    x_real: torch.Tensor) -> str | None:
+        """Re-optimise face ``i`` of a batch alone in fp32 (most of its fp16 steps were skipped).
+
+        On success its code and losses replace the fp16 ones in ``result`` and None is returned;
+        otherwise the reason the face failed (its fp16 code, hardly optimised, is left in ``result``).
+        """
+        why = f"fp16: {int(result.skipped[i])} of {self.params.steps} steps skipped (gradient overflow)"
+        log.warning("face %d of the batch: %s; re-optimising it alone in fp32", i, why)
+        one = slice(i, i + 1)
+        try:
+            redo = optimise(ws_real[one], ws_fake[one], x_real[one], self.G, self.id_encoder, self.farl,
+                            params=replace(self.params, amp=None))
+        except (RunAbortedError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            why = f"{why}; the fp32 retry failed: {type(exc).__name__}: {exc}"
+        else:
+            if torch.isfinite(redo.ws).all():
+                result.ws[i] = redo.ws[0]
+                for key, value in redo.losses.items():
+                    result.losses[key][:, i] = value[:, 0]
+                return None
+            why = f"{why}; the fp32 retry diverged (non-finite W+ code)"
+        log.warning("face could not be anonymized: %s", why)
+        return why
+
     def redo(self, photo: np.ndarray, face: AlignedFace, factor: float = 3.0) -> np.ndarray | None:
         """Anonymize ``face`` again with the identity weight times ``factor``; None if that fails."""
-        from dataclasses import replace
-
         saved = self.params
         self.params = replace(saved, lambda_id=saved.lambda_id * factor)
         try:
@@ -210,8 +246,21 @@ class FalcoAnonymizer(Anonymizer):
     def set_step_callback(self, on_step: StepCallback | None) -> None:
         self.on_step = on_step
 
+    def summary(self) -> dict:
+        """With an approximate bank index: its recall@1 measured on this run's queries and how many
+        were checked against exact search (:attr:`falco.bank.Bank.pairing_recall_at_1`); else nothing."""
+        if not getattr(self.bank, "approximate", False):
+            return {}
+        return {"pairing_recall_at_1": self.bank.pairing_recall_at_1, "pairing_checked": self.bank.pairing_checked}
+
     def face_fields(self, result: FalcoFace) -> dict:
-        return {"loss_curves": result.curves} if result.curves else {}
+        """``loss_curves``; ``skipped_steps`` under fp16 (or when non-zero); ``fp32_retry`` when it happened."""
+        fields: dict[str, Any] = {"loss_curves": result.curves} if result.curves else {}
+        if self.params.amp == "fp16" or result.skipped_steps:
+            fields["skipped_steps"] = result.skipped_steps
+        if result.fp32_retry:
+            fields["fp32_retry"] = True
+        return fields
 
     def crops(self, face: AlignedFace, result: FalcoFace) -> dict[str, np.ndarray]:
         return {"anon": result.crop, **result.previews} if result.ok else {}

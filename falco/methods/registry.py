@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "mask": "falco.methods.classic:MaskAnonymizer",
     "ciagan": "falco.methods.ciagan:CiaganAnonymizer",
     "deepprivacy": "falco.methods.deepprivacy:DeepPrivacyAnonymizer",
+    "anonygan": "falco.methods.anonygan:AnonyganAnonymizer",
 }
 _REGISTERED: dict[str, Callable[..., Anonymizer]] = {}
 
@@ -92,7 +93,8 @@ def get_anonymizer(method: str, **options: Any) -> Anonymizer:
 
     Options: ``blur``: ``preset`` ('9', '17', 'heavy'); ``pixelate``: ``blocks`` (8, 16);
     ``mask``: none; ``ciagan``: ``models``, ``ciagan_id``, ``seed``, ``device``;
-    ``deepprivacy``: ``models``, ``seed``, ``device``; ``falco``: see
+    ``deepprivacy``: ``models``, ``seed``, ``device``; ``anonygan``: see
+    :class:`falco.methods.anonygan.AnonyganAnonymizer`; ``falco``: see
     :class:`falco.methods.falco.FalcoAnonymizer`. See each class for more.
 
     Raises:

@@ -4,7 +4,9 @@ Nothing here executes code from a checkpoint: ``.pt``/``.pth`` files go through
 ``torch.load(weights_only=True)`` and ``.safetensors`` files through safetensors. A file that
 pickles Python objects (an ``argparse.Namespace`` in ``opts``, a whole ``nn.Module``...) is
 refused with a message that names the class and says how to convert the file; there is no
-fallback to ``weights_only=False``.
+fallback to ``weights_only=False``. A loader may name globals it accepts as inert stand-ins
+(:class:`InertObject`: the class's dotted name, arguments and state, nothing imported or run),
+e.g. the objects PyTorch Lightning pickles beside the weights.
 """
 
 from __future__ import annotations
@@ -47,13 +49,73 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def load_checkpoint(source: Source) -> Any:
+class InertObject:
+    """A pickled object kept as plain data: its class's dotted name (``qualname``), the
+    arguments it was built with (``args``) and its pickled state (``state``). Subclasses are
+    made per class name by :func:`_stand_in`; nothing of the original class is imported or run."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"InertObject({self.qualname})"
+
+
+class _PlainDict:
+    """Stands for a ``dict`` subclass (Lightning's ``AttributeDict``): unpickles as a plain ``dict``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> dict:  # type: ignore[misc]
+        return dict(*args)
+
+
+def _stand_in(name: str) -> type:
+    if name.rsplit(".", 1)[-1].endswith("AttributeDict"):
+        return type("PlainDict", (_PlainDict,), {})
+    return type("Inert", (InertObject,), {"qualname": name})
+
+
+def _accepted(name: str, patterns: Sequence[str]) -> bool:
+    """``name`` equals one of ``patterns`` or starts with one that ends in a dot."""
+    return any(name == p or (p.endswith(".") and name.startswith(p)) for p in patterns)
+
+
+def _load_with_stand_ins(path: Path, patterns: Sequence[str]) -> tuple[Any, str | None]:
+    """Retry a weights-only load with the file's non-tensor globals as inert stand-ins.
+
+    Returns:
+        ``(checkpoint, None)``, or ``(None, name)`` with a global that ``patterns`` do not accept.
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: no static list, no retry
+        return None, None
+    foreign = [n for n in names if not _accepted(n, patterns)]
+    if foreign or not names:
+        return None, (foreign[0] if foreign else None)
+    with torch.serialization.safe_globals([(_stand_in(n), n) for n in names]):
+        return torch.load(path, map_location="cpu", weights_only=True), None
+
+
+def load_checkpoint(source: Source, *, inert_globals: Sequence[str] = ()) -> Any:
     """Load a checkpoint file without executing code, or pass an in-memory one through.
 
     Args:
         source: A path to a ``.pt``/``.pth``/``.ckpt`` (torch zip or legacy pickle, read with
             ``weights_only=True``) or ``.safetensors`` file; or an already loaded mapping,
             returned unchanged.
+        inert_globals: Globals the file may pickle besides tensors, read as :class:`InertObject`
+            stand-ins (a ``dict`` for an ``...AttributeDict``): full dotted names, or prefixes
+            ending in ``.`` (``'pytorch_lightning.'``). Any other global is refused as always.
 
     Returns:
         The loaded object (usually a dict of tensors and plain containers), on the CPU.
@@ -89,6 +151,15 @@ def load_checkpoint(source: Source) -> Any:
         found = _GLOBAL_RE.search(msg)
         if found or "Unsupported global" in msg:
             what = found.group(1) if found else "an unsupported type"
+            if inert_globals:
+                try:
+                    ckpt, foreign = _load_with_stand_ins(path, inert_globals)
+                except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError) as again:
+                    raise CheckpointError(path, f"not loadable even with inert stand-ins for its "
+                                                f"{', '.join(inert_globals)} objects ({_describe(again)})") from None
+                if foreign is None and ckpt is not None:
+                    return ckpt
+                what = foreign or what
             raise CheckpointError(
                 path,
                 f"checkpoint holds pickled Python objects ({what}) that falco will not execute "

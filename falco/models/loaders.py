@@ -7,7 +7,10 @@ Layouts understood (the architecture is inferred from tensor shapes, no config n
 * e4e / pSp checkpoints: ``state_dict`` with ``decoder.*`` keys, plus ``latent_avg``;
 * NVIDIA stylegan2-ada / stylegan3-repo StyleGAN2 ``.pkl`` files (``G_ema`` read by
   :mod:`falco.models.nvidia_pickle`, which executes nothing) and their state dicts
-  (``mapping.fcN``, ``synthesis.bR.*``), converted to rosinality's layout.
+  (``mapping.fcN``, ``synthesis.bR.*``), converted to rosinality's layout;
+* genforce checkpoints (FALCO's own ``stylegan2_ffhq1024.pth``): ``generator_smooth`` (the EMA
+  weights) of ``{generator, discriminator, generator_smooth}``, or a bare genforce state dict
+  (``mapping.denseN``, ``synthesis.layerN``), converted by :mod:`falco.models.genforce`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Mapping
 import torch
 
 from falco.errors import CheckpointError
-from falco.models import nvidia_pickle
+from falco.models import genforce, nvidia_pickle
 from falco.models.stylegan2 import Generator, make_kernel
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,9 @@ def generator_state(ckpt: Any, source: str) -> tuple[dict, torch.Tensor | None, 
         return state, w_avg, "nvidia"
     if "g_ema" in ckpt:
         return dict(ckpt["g_ema"]), ckpt.get("latent_avg"), "rosinality"
+    if genforce.is_genforce_checkpoint(ckpt):
+        state, w_avg = genforce.genforce_generator_state(ckpt, source)
+        return state, w_avg, "genforce"
     sd = ckpt.get("state_dict", ckpt)
     if isinstance(sd, Mapping) and any(k.startswith("decoder.") for k in sd):
         return _strip(sd, "decoder."), ckpt.get("latent_avg"), "e4e"
@@ -149,7 +155,8 @@ def generator_state(ckpt: Any, source: str) -> tuple[dict, torch.Tensor | None, 
     raise CheckpointError(
         source,
         "not a StyleGAN2 generator checkpoint (expected rosinality 'g_ema', e4e 'decoder.*', "
-        f"or NVIDIA 'G_ema' / 'mapping.fcN' + 'synthesis.bR' keys; found: {keys})",
+        "NVIDIA 'G_ema' / 'mapping.fcN' + 'synthesis.bR', or genforce 'generator_smooth' keys; "
+        f"found: {keys})",
     )
 
 
@@ -178,8 +185,10 @@ def load_generator(source: Source, *, device: str | torch.device = "cpu") -> Gen
 
     Returns:
         A :class:`Generator` in eval mode with ``w_avg`` set (from the checkpoint's
-        ``latent_avg`` / ``mapping.w_avg``; computed from 10,000 seeded samples with a
-        warning when the checkpoint has none).
+        ``latent_avg`` / ``mapping.w_avg`` / ``truncation.w_avg``; computed from 10,000
+        seeded samples with a warning when the checkpoint has none) and ``source_layout``
+        naming the layout read. A genforce generator also gets ``truncation_layers`` as
+        genforce's ``get_w`` truncates (every layer up to 1024 px).
 
     Raises:
         CheckpointError: unreadable file, unknown layout, or tensors of unexpected shapes.
@@ -187,7 +196,7 @@ def load_generator(source: Source, *, device: str | torch.device = "cpu") -> Gen
     name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
     ckpt = _read_checkpoint(Path(source)) if isinstance(source, (str, Path)) else source
     state, w_avg, layout = generator_state(ckpt, name)
-    G = Generator(**_infer_kwargs(state, name), conv_clamp=nvidia_conv_clamp(ckpt))
+    G = Generator(**_infer_kwargs(state, name), conv_clamp=None if layout == "genforce" else nvidia_conv_clamp(ckpt))
     expected = G.state_dict()
     expected.pop("w_avg")
     missing = sorted(set(expected) - set(state))
@@ -206,4 +215,6 @@ def load_generator(source: Source, *, device: str | torch.device = "cpu") -> Gen
         log.warning("%s: no latent_avg/w_avg in the checkpoint; computing w_avg from 10,000 seeded samples", name)
         G.w_avg.copy_(G.mean_w(10_000))
     G.source_layout = layout
+    if layout == "genforce":
+        G.truncation_layers = genforce.genforce_truncation_layers(G.num_ws)
     return G.eval().requires_grad_(False).to(device)

@@ -288,6 +288,12 @@ class Generator(nn.Module):
         conv_clamp: Clamp every synthesis layer's output to +-``conv_clamp`` as NVIDIA's
             stylegan2-ada does (``ffhq.pkl`` uses 256; keeps fp16/bf16 in range). None: no clamp
             (rosinality, the original StyleGAN2).
+
+    Attributes:
+        truncation_layers: Truncation moves only ``ws[:, :truncation_layers]`` toward ``w_avg``
+            (genforce's ``trunc_layers``); None (the default, every layout) moves every layer.
+            Below ``num_ws`` only :meth:`mapping_ws` can truncate (one ``w`` per sample cannot
+            express it).
     """
 
     def __init__(self, img_resolution: int = 1024, w_dim: int = 512, num_mapping_layers: int = 8, *,
@@ -335,6 +341,7 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(out_channel, w_dim, conv_clamp=clamp))
             in_channel = out_channel
         self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.truncation_layers: int | None = None
 
     # -- configuration ---------------------------------------------------------------------
     @property
@@ -346,7 +353,7 @@ class Generator(nn.Module):
 
     # -- mapping ---------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
-        """Map latent z to w, optionally truncated toward ``w_avg``.
+        """Map latent z to w, optionally truncated toward ``w_avg`` (every layer; see ``truncation_layers``).
 
         Shape:
             z ``[B, z_dim]`` -> w ``[B, w_dim]``.
@@ -355,8 +362,23 @@ class Generator(nn.Module):
             raise InputError(f"z must have shape [B, {self.z_dim}], got {list(z.shape)}")
         w = self.style(z)
         if truncation_psi != 1.0:
+            if self.truncation_layers is not None and self.truncation_layers < self.num_ws:
+                raise InputError(f"this generator truncates only its first {self.truncation_layers} of "
+                                 f"{self.num_ws} layers (truncation_layers); use G.mapping_ws(z, truncation_psi)")
             w = self.w_avg.lerp(w, truncation_psi)
         return w
+
+    def mapping_ws(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        """Map z to per-layer codes, truncating the first ``truncation_layers`` (genforce ``get_w``).
+
+        Shape:
+            z ``[B, z_dim]`` -> ws ``[B, num_ws, w_dim]``.
+        """
+        ws = self.mapping(z).unsqueeze(1).repeat(1, self.num_ws, 1)
+        n = self.num_ws if self.truncation_layers is None else min(self.truncation_layers, self.num_ws)
+        if truncation_psi != 1.0 and n > 0:
+            ws[:, :n] = self.w_avg.lerp(ws[:, :n], truncation_psi)
+        return ws
 
     def mean_w(self, num_samples: int = 10_000, *, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
         """Mean of mapped z over ``num_samples`` seeded samples (to fill ``w_avg``).

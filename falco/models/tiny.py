@@ -11,7 +11,10 @@ Every network falco loads is written the way upstream ships it, only very small:
 - ciagan: CIAGAN's ``modelG.pth`` layout (a bare ``arch_unet_flex.Generator`` state dict),
   widths / 8 and 16 identities;
 - deepprivacy: DeepPrivacy's trainer checkpoint layout (``running_average_generator``,
-  ``global_step``), a v1 generator 16 / 8 channels wide.
+  ``global_step``), a v1 generator 16 / 8 channels wide;
+- parsing: the BiSeNet face parser's ``79999_iter.pth`` layout (a bare state dict), widths 8..32;
+- anonygan: AnonyGAN's Lightning checkpoint layout (``state_dict`` with ``G.*``, ``epoch``,
+  ``global_step``), ``ngf`` 4 and 2 graph blocks.
 
 The set's ``manifest.json`` has ``kind: "tiny-random"``; every command that loads it warns
 that its outputs are not meaningful. Weights are seeded, so two sets written with the same
@@ -44,6 +47,8 @@ _NAMES = {
     "attributes": "farl-ep64",
     "ciagan": "ciagan",
     "deepprivacy": "deepprivacy",
+    "parsing": "bisenet-face-parsing",
+    "anonygan": "anonygan",
 }
 
 
@@ -64,11 +69,13 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
 
     Existing files of the same names are replaced atomically. Returns the manifest path.
     """
+    from falco.models.anonygan import tiny_anonygan_state_dict
     from falco.models.ciagan_net import tiny_ciagan_state_dict
     from falco.models.deepprivacy_net import tiny_deepprivacy_state_dict
     from falco.models.arcface import tiny_arcface
     from falco.models.e4e import tiny_e4e
     from falco.models.farl import tiny_farl_state_dict
+    from falco.models.parsing import tiny_bisenet_state_dict
 
     d = Path(directory).expanduser().absolute()
     d.mkdir(parents=True, exist_ok=True)
@@ -95,5 +102,8 @@ def write_tiny_model_set(directory: str | os.PathLike[str], *, seed: int = 0) ->
     save("attributes", {"state_dict": tiny_farl_state_dict(seed=seed)})
     save("ciagan", tiny_ciagan_state_dict(seed=seed))
     save("deepprivacy", {"running_average_generator": tiny_deepprivacy_state_dict(seed=seed), "global_step": 0})
+    save("parsing", tiny_bisenet_state_dict(seed=seed))
+    save("anonygan", {"state_dict": {f"G.{k}": v for k, v in tiny_anonygan_state_dict(seed=seed).items()},
+                      "epoch": 0, "global_step": 0, "pytorch-lightning_version": "1.5.10"})
     return write_manifest(d, kind=KIND_TINY, files=files, note=TINY_NOTE,
                           defaults=dict(_NAMES), seed=seed)

@@ -32,7 +32,8 @@ __all__ = [
 
 #: Role names the rest of falco asks for (``resolve_model('generator')``).
 ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector",
-                          "ciagan", "deepprivacy", "attribute-classifier", "image-quality")
+                          "ciagan", "deepprivacy", "attribute-classifier", "image-quality", "parsing",
+                          "anonygan")
 
 _NVIDIA_NC = (
     "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
@@ -352,6 +353,67 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         notes=(
             "URLs as in configs/json/deep_privacy_v1.json (current) and configs/fdf/deep_privacy_v1.py "
             "(original, http upgraded to https as upstream's loader does)"
+        ),
+    ),
+    ModelEntry(
+        name="anonygan",
+        filename="anonygan.ckpt",
+        urls=_gdrive("1FWMaBIQfm1-1fLy0ZG7eu--VD91OipJP"),
+        sha256=None,
+        size=None,
+        licence=(
+            "AnonyGAN repository CC BY-NC-SA 4.0 (its README's licence badge); trained on CelebA, whose images are "
+            "for non-commercial research only: non-commercial research only"
+        ),
+        licence_tag="CC BY-NC-SA 4.0, CelebA (non-commercial research)",
+        role="anonygan",
+        layout="anonygan-lightning",
+        preprocessing=(
+            "CelebA alignment (eye centres, mouth midpoint -> 178x218) resized to 180x220, [-1, 1]; "
+            "input cat(condition, source * (1 - mask)) [6, 220, 180] with the jaw-to-brows polygon as mask, "
+            "136 one-hot landmark maps (68 condition + 68 source dlib points); output composited with a "
+            "learned blend mask, clamped to [-1, 1]"
+        ),
+        description="AnonyGAN generator (ICIAP 2021), PyTorch Lightning checkpoint (state_dict G.*, D_gan.*, D_pose.*)",
+        homepage="https://github.com/Fodark/anonygan",
+        checksum_source="none published upstream",
+        notes=(
+            "Google Drive link from the AnonyGAN README (placed there as ckpts/anonygan.ckpt). Read with "
+            "weights_only=True; Lightning's pickled extras become inert stand-ins. If Drive refuses, download it "
+            "by hand and run: falco models download anonygan --from-dir DIR"
+        ),
+    ),
+    # ------------------------------------------------- region control (--keep / --change)
+    ModelEntry(
+        name="bisenet-face-parsing",
+        filename="79999_iter.pth",
+        urls=_gdrive("154JgKpzCPW82qINcVieuPH3fZ2e0P812"),
+        sha256=None,
+        size=None,
+        licence=(
+            "zllrunning/face-parsing.PyTorch repository licence MIT (the weights are released with it, no other "
+            "terms); trained on CelebAMask-HQ "
+            "(CelebA images, non-commercial research only): research use only"
+        ),
+        licence_tag="MIT, CelebAMask-HQ data (research only)",
+        role="parsing",
+        layout="bisenet-faceparsing",
+        preprocessing=(
+            "RGB resized to 512x512 (Pillow bilinear), [0, 1], ImageNet mean/std "
+            "(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225); first of the three outputs: 19 CelebAMask-HQ "
+            "class logits at input size (bilinear, align_corners=True), argmax"
+        ),
+        description="BiSeNet face parser (19 CelebAMask-HQ classes), for region masks (hair, neck, ears, ...)",
+        homepage="https://github.com/zllrunning/face-parsing.PyTorch",
+        checksum_source=(
+            "none published upstream; third-party download scripts record sha256 "
+            "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567 and, in another, "
+            "53289463 bytes (single unconfirmed observations, not enforced)"
+        ),
+        notes=(
+            "Google Drive link of the upstream README ('our pre-trained model', saved as res/cp/79999_iter.pth); "
+            "a plain BiSeNet(19) state dict. If Drive refuses, download it by hand and run: "
+            "falco models download bisenet-face-parsing --from-dir DIR"
         ),
     ),
     # ------------------------------------------------------ evaluation only

@@ -110,9 +110,19 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
              "(see manifest.sqlite)")
     if cfg.export_detections == "coco":
         export_coco(manifest, cfg.out / "detections_coco.json")
-    manifest.finish_run({**summary.as_dict(), "face_status": counts})
+    figures = anonymizer.summary()  # the method's own figures (e.g. FALCO's measured pairing recall)
+    if figures:
+        echo(f"{cfg.method}: " + ", ".join(f"{k} {_figure(v)}" for k, v in figures.items()))
+    manifest.finish_run({**summary.as_dict(), "face_status": counts, **figures})
     manifest.close()
     return summary
+
+
+def _figure(value: Any) -> str:
+    """A summary figure for the printed line: floats to 4 decimals, None as n/a."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, provenance: dict):
