@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from falco.errors import InputError
+from falco.faces.regions import DEFAULT_FEATHER
 from falco.latent.optimise import FalcoParams
 from falco.run.image_files import DEFAULT_MAX_PIXELS
+
+#: ``--region-masks``: the face parser when installed (auto), or always landmarks / the parser.
+REGION_MASKS = ("auto", "landmarks", "parsing")
 
 
 def as_dict(config: Any) -> dict:
@@ -50,7 +54,8 @@ class AnonymizeConfig:
     Every choice is checked on construction by the code that interprets it: the method by the
     registry, ``falco`` by :class:`FalcoParams`, ``on_fail`` by :mod:`falco.methods.cover`,
     ``guard`` by :mod:`falco.guard`, ``format`` by :mod:`falco.run.image_files`,
-    ``export_detections`` by :mod:`falco.export`.
+    ``export_detections`` by :mod:`falco.export`, ``keep``/``change`` by :mod:`falco.faces.regions`
+    (stored as a tuple of lower-case names; a comma-separated string is accepted).
     """
 
     input: Path
@@ -81,6 +86,11 @@ class AnonymizeConfig:
     on_fail: str = "blur"
     guard: str = "enforce"
     keep_identity: tuple[Path, ...] = ()
+    # region control: parts of each face kept from the photo (``--keep``) or the only ones changed (``--change``)
+    keep: tuple[str, ...] | None = None
+    change: tuple[str, ...] | None = None
+    region_feather: float = DEFAULT_FEATHER
+    region_masks: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +108,37 @@ class AnonymizeConfig:
         check_export(self.export_detections)
         if not isinstance(self.falco, FalcoParams):
             raise InputError(f"falco must be FalcoParams, got {type(self.falco).__name__}")
+        self._check_regions()
+
+    def _check_regions(self) -> None:
+        """``keep``/``change``: names (or a comma-separated string) of parts and groups, not both."""
+        from falco.faces.regions import needs_parsing, resolve_regions
+
+        for name in ("keep", "change"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            names = value.split(",") if isinstance(value, str) else list(value)
+            names = [n.strip().lower() if isinstance(n, str) else n for n in names]
+            if not names or any(not isinstance(n, str) or not n for n in names):
+                raise InputError(f"--{name} must be comma-separated region names, got {value!r}")
+            try:
+                resolve_regions(names)
+            except InputError as exc:
+                raise InputError(f"--{name}: {exc}") from None
+            object.__setattr__(self, name, tuple(names))
+        if self.keep is not None and self.change is not None:
+            raise InputError("--keep and --change exclude each other: give one of them")
+        feather = self.region_feather
+        if isinstance(feather, bool) or not isinstance(feather, (int, float)) or not 0 <= feather <= 0.5:
+            raise InputError(f"--region-feather must be a number in [0, 0.5] (a fraction of the face's size), "
+                             f"got {feather!r}")
+        if self.region_masks not in REGION_MASKS:
+            raise InputError(f"--region-masks must be one of {', '.join(REGION_MASKS)}, got {self.region_masks!r}")
+        chosen = self.keep if self.keep is not None else self.change
+        if self.region_masks == "landmarks" and chosen is not None and needs_parsing(chosen):
+            raise InputError(f"--region-masks landmarks cannot draw {', '.join(chosen)}: hair, neck, ears, glasses, "
+                             "hat and cloth need the face parser (--region-masks auto or parsing)")
 
 
 #: ``FalcoParams`` fields that manifests written before the nesting kept at the top level.
@@ -123,6 +164,9 @@ def anonymize_config_from_dict(data: dict) -> AnonymizeConfig:
         if values.get(key) is not None:
             values[key] = Path(values[key])
     values["keep_identity"] = tuple(Path(p) for p in values.get("keep_identity") or ())
+    for key in ("keep", "change"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     return AnonymizeConfig(**values)
 
 

@@ -76,13 +76,14 @@ class IdentityCheck:
 
 
 class Recognizers:
-    """The recognisers the guard uses: dlib always, ArcFace when real weights are installed."""
+    """The recognisers the guard uses: dlib always, ArcFace when real weights are installed, SFace when given."""
 
-    def __init__(self, arcface: Any | None = None) -> None:
+    def __init__(self, arcface: Any | None = None, sface: Any | None = None) -> None:
         from falco.faces.recognizers import DlibRecognizer
 
         self.dlib = DlibRecognizer()
         self.arcface = arcface
+        self.sface = sface  # a second opinion (cosine >= 0.363), e.g. SFaceRecognizer.from_models()
 
     def check(self, original: np.ndarray, output: np.ndarray, face: AlignedFace) -> list[IdentityCheck]:
         """Compare the face in ``original`` with the same place in ``output``."""
@@ -108,6 +109,11 @@ class Recognizers:
             same = same_person(self.arcface, c)
             for i in range(len(faces)):
                 checks[i].append(IdentityCheck("arcface", round(float(c[i]), 4), bool(same[i])))
+        if self.sface is not None:
+            s = pair_scores(self.sface, self.sface.embed(original, landmarks), self.sface.embed(output, landmarks))
+            same = same_person(self.sface, s)
+            for i in range(len(faces)):
+                checks[i].append(IdentityCheck("sface", round(float(s[i]), 4), bool(same[i])))
         return checks
 
 
@@ -184,8 +190,11 @@ class PrivacyGuard:
         return self.mode != "off"
 
     def settings(self) -> dict:
-        return {"mode": self.mode, "dlib_threshold": self.recognizers.dlib.threshold,
-                "arcface": self.recognizers.arcface is not None, "min_iou": self.min_iou}
+        out = {"mode": self.mode, "dlib_threshold": self.recognizers.dlib.threshold,
+               "arcface": self.recognizers.arcface is not None, "min_iou": self.min_iou}
+        if getattr(self.recognizers, "sface", None) is not None:
+            out["sface"] = True
+        return out
 
     def _matches(self, original, output, face) -> tuple[bool, list[IdentityCheck]]:
         checks = self.recognizers.check(original, output, face)

@@ -37,6 +37,19 @@ def load_fixture(name: str) -> dict:
     return torch.load(shared_path("fixtures", name), map_location="cpu", weights_only=True)
 
 
+def parity_fixture(name: str):
+    """A module-scoped fixture that loads the parity fixture ``name`` (:func:`load_fixture`) once.
+
+    Use: ``fixture = parity_fixture("x_synth.pt")`` at module level; the variable names the fixture.
+    """
+
+    @pytest.fixture(scope="module")
+    def _fixture() -> dict:
+        return load_fixture(name)
+
+    return _fixture
+
+
 def synth_module():
     """Import ../shared/fixtures/synth_weights.py (the rule that regenerates synthetic weights)."""
     import importlib.util
@@ -72,6 +85,26 @@ def photo_with_faces(name: str, count: int):
     faces = detect_and_align(photo, size=256)
     assert len(faces) == count
     return photo, faces
+
+
+def apply_method(anon, photo, faces):
+    """``anon`` run on ``faces`` of ``photo`` (process, then apply), with the checks every method passes: the
+    photo left as it was, a uint8 output of its shape, settings and records that are JSON data.
+
+    Returns:
+        ``(out, records)``.
+    """
+    import json
+
+    import numpy as np
+
+    before = photo.copy()
+    out, records = anon.apply(photo, faces, anon.process(faces))
+    assert np.array_equal(photo, before), "input photo was modified"
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    json.dumps(anon.settings())
+    json.dumps(records)
+    return out, records
 
 
 @contextlib.contextmanager
@@ -118,6 +151,20 @@ class ScriptedRecognizers:
 
     def check(self, original, output, face):
         return self.check_many(original, output, [face])[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: the tiny generators are thin, and on a busy 2-core machine OpenMP threads only get
+    in each other's way."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A photo with two large faces (142 and 114 px quads) and its faces (:func:`photo_with_faces`)."""
+    return photo_with_faces("2008_001009.jpg", 2)
 
 
 @pytest.fixture(scope="session")

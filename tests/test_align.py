@@ -337,8 +337,8 @@ def test_get_detector():
     assert get_detector("cnn", 2).upsample == 2
     fake = FakeDetector([])
     assert get_detector(fake) is fake
-    with pytest.raises(InputError, match="'mtcnn'"):
-        get_detector("mtcnn")
+    with pytest.raises(InputError, match="'retinaface'"):
+        get_detector("retinaface")
     for bad in (-1, 1.5, True, 9):
         with pytest.raises(InputError, match="upsample"):
             get_detector("hog", bad)

@@ -17,14 +17,12 @@ from falco.models.arcface import (
     tiny_arcface,
 )
 from falco.models.irse import TINY_UNITS, TINY_WIDTHS
-from tests.conftest import load_fixture, synth_module
+from tests.conftest import load_fixture, parity_fixture, synth_module
 
 PREFIX = "arcface."
 
 
-@pytest.fixture(scope="module")
-def fixture() -> dict:
-    return load_fixture("arcface_irse50_synth.pt")
+fixture = parity_fixture("arcface_irse50_synth.pt")
 
 
 @pytest.fixture(scope="module")

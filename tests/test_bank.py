@@ -376,10 +376,11 @@ def test_killed_build_resumes_to_the_same_bank(tmp_path, ref, models, G, ex):
     script = textwrap.dedent(f"""
         import os, signal
         import falco.bank.build as B
+        import falco.bank.writer as W
         from falco.bank.features import load_extractor
         from falco.run.inputs import atomic_path
         from falco.models.zoo import load_role
-        real = B._write_chunk
+        real = W.write_chunk
         n = [0]
         def write(path, *a, **k):
             n[0] += 1
@@ -388,7 +389,7 @@ def test_killed_build_resumes_to_the_same_bank(tmp_path, ref, models, G, ex):
                     tmp.write_bytes(b"half a chunk")
                     os.kill(os.getpid(), signal.SIGKILL)
             real(path, *a, **k)
-        B._write_chunk = write
+        W.write_chunk = write
         B.build_bank({str(out)!r}, load_role("generator", {str(models)!r}), load_extractor("farl", {str(models)!r}),
                      num={NUM}, chunk_size={CHUNK}, batch_size={BATCH}, truncation={PSI}, seed={SEED}, progress=False)
     """)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -20,7 +18,7 @@ from falco.methods import registry as registry_mod
 from falco.methods.cover import gaussian_sigma, heavy_kernel, region
 from falco.errors import InputError
 from falco.run.runner import face_row
-from tests.conftest import photo_with_faces
+from tests.conftest import apply_method, photo_with_faces
 
 CLASSIC = [("blur", {"preset": "9"}), ("blur", {"preset": 17}), ("blur", {"preset": "heavy"}),
            ("pixelate", {"blocks": 8}), ("pixelate", {"blocks": 16}), ("mask", {})]
@@ -40,11 +38,9 @@ def _regions(photo, faces) -> np.ndarray:
 @pytest.mark.parametrize(("method", "options"), CLASSIC, ids=lambda v: str(v))
 def test_classic_changes_faces_only(group, method, options):
     photo, faces = group
-    before = photo.copy()
     anon = get_anonymizer(method, **options)
-    out, records = anon.apply(photo, faces, anon.process(faces))
-    assert np.array_equal(photo, before), "input photo was modified"
-    assert out is not photo and out.shape == photo.shape and out.dtype == np.uint8
+    out, records = apply_method(anon, photo, faces)
+    assert out is not photo
     alpha = _regions(photo, faces)
     assert np.array_equal(out[alpha == 0], photo[alpha == 0]), "pixels outside the face regions changed"
     inside = alpha >= 0.99
@@ -56,8 +52,6 @@ def test_classic_changes_faces_only(group, method, options):
     assert len(records) == len(faces) and all(r["method"] == method and r["status"] == "done" for r in records)
     for face, record in zip(faces, records):
         face_row(face, **record)  # records merge into the run manifest's face rows without clashing
-    json.dumps(anon.settings())
-    json.dumps(records)
     assert anon.settings()["method"] == method
 
 

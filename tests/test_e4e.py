@@ -12,12 +12,10 @@ from falco.errors import CheckpointError, InputError
 from falco.models import _checkpoint as ckpt_io
 from falco.models.e4e import Encoder4Editing, infer_e4e_kwargs, load_e4e, n_styles_for, tiny_e4e
 from falco.models.irse import stage_ends
-from tests.conftest import load_fixture, synth_module
+from tests.conftest import load_fixture, parity_fixture, synth_module
 
 
-@pytest.fixture(scope="module")
-def fixture() -> dict:
-    return load_fixture("e4e_encoder_synth.pt")
+fixture = parity_fixture("e4e_encoder_synth.pt")
 
 
 @pytest.fixture(scope="module")

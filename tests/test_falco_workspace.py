@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from falco.bank import Bank
-from falco.bank.build import _render_quantized
+from falco.bank.writer import render_quantized
 from falco.bank.features import load_extractor
 from falco.cli import app
 from falco.compat.falco_anonymize import anonymize_workspace
@@ -92,7 +92,7 @@ def write_workspace(root: Path, G, ex, models: Path) -> dict:
         assert wp.requires_grad and not wp.is_leaf
         with torch.no_grad():
             img = G.synthesis(wp, noise_mode="const")
-            _, x = _render_quantized(G, wp[:, 0])
+            _, x = render_quantized(G, wp[:, 0])
             f_farl = ex(x) * (1.0 + 9.0 * torch.rand(1, 1, generator=gen))  # encode_image: not normalised
         f_arc = torch.randn(1, 512, generator=gen)
         torch.save(f_farl.cpu(), d / "farl_features.pt")

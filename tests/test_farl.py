@@ -18,14 +18,12 @@ from falco.models.farl import (
     load_farl,
     tiny_farl_state_dict,
 )
-from tests.conftest import load_fixture, synth_module
+from tests.conftest import parity_fixture, synth_module
 
 FIXTURE = "farl_clip_vitb16_synth.pt"
 
 
-@pytest.fixture(scope="module")
-def fixture() -> dict:
-    return load_fixture(FIXTURE)
+fixture = parity_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")

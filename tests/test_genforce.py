@@ -10,7 +10,7 @@ import torch
 from falco.errors import CheckpointError, InputError
 from falco.models import load_generator
 from falco.models.genforce import genforce_truncation_layers
-from tests.conftest import load_fixture, shared_path
+from tests.conftest import parity_fixture, shared_path
 
 ATOL = 1e-4
 PSI = 0.7  # the fixture's truncation_psi, on its first trunc_layers = 8 (= all) layers
@@ -20,9 +20,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-@pytest.fixture(scope="module")
-def fx() -> dict:
-    return load_fixture("genforce_g32.pt")
+fx = parity_fixture("genforce_g32.pt")
 
 
 @pytest.fixture(scope="module")

@@ -278,7 +278,7 @@ def test_guard_summary_says_how_faces_were_covered(photo_dir, tmp_path, monkeypa
     from falco.align import detect_and_align
 
     left = min(f.box[0] for f in detect_and_align(load_image(photo_dir / "three.jpg"), size=64))
-    monkeypatch.setattr(falco.guard, "Recognizers", lambda arcface=None: _StubbornForTheLeftmost(left))
+    monkeypatch.setattr(falco.guard, "Recognizers", lambda arcface=None, sface=None: _StubbornForTheLeftmost(left))
     lines: list[str] = []
     out = tmp_path / "out"
     run_anonymize(AnonymizeConfig(input=photo_dir, out=out, method="unchanged", format="png", progress=False),

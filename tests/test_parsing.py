@@ -19,15 +19,13 @@ from falco.models.parsing import (
     tiny_bisenet_state_dict,
 )
 from falco.pretrained.registry import REGISTRY
-from tests.conftest import load_fixture, synth_module
+from tests.conftest import parity_fixture, synth_module
 
 FIXTURE = "bisenet_faceparsing_synth.pt"
 PREFIX = "bisenet."
 
 
-@pytest.fixture(scope="module")
-def fixture() -> dict:
-    return load_fixture(FIXTURE)
+fixture = parity_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")

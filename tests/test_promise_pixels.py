@@ -1,7 +1,9 @@
-"""Pixel normalisation: uint8 faces enter the encoders in [-1, 1] (x / 127.5 - 1), and back exactly.
+"""Pixel normalisation: uint8 faces enter the encoders in [-1, 1] (x / 127.5 - 1), and back exactly;
+the 256-px renders, the e4e codes and their refinement (``falco.latent.invert``).
 
 Expectations are pixel arithmetic written in the test; the end-to-end check recomputes the
-encoder's input from the aligned crop ``falco invert`` wrote (PNG, lossless).
+encoder's input from the aligned crop ``falco invert`` wrote (PNG, lossless); the refinement is
+checked against Adam's update rule stepped by hand on the loss its docstring states.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from falco.errors import InputError
 from falco.latent.images import dequantize, quantize, quantize_uint8, to_tensor, to_uint8
 from tests.conftest import shared_path
 
@@ -115,3 +118,172 @@ def test_invert_feeds_the_encoder_the_written_crop_over_127_5_minus_1(tiny_model
         assert float(received[i].min()) >= -1.0 and float(received[i].max()) <= 1.0
         assert float(received[i].min()) < -0.5  # a photo has dark pixels: [0, 1] inputs would not reach here
         torch.testing.assert_close(received[i].double(), expected, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- rendering and refinement (falco.latent.invert)
+# Expectations are written out here: the 256-px view of a render smaller than 256 px is a bilinear
+# resize (e4e's face pool, ``to_256``'s docstring), the refinement loss is the per-face pixel MSE
+# (+ id_weight * (1 - cos) of the identity embeddings), and its optimiser is Adam (Kingma & Ba,
+# beta 0.9 / 0.999, eps 1e-8), stepped by hand below.
+def _upsample_256(img: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.interpolate(img, size=(256, 256), mode="bilinear", align_corners=False)
+
+
+def _codes(G, latent_avg, n: int, spread: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return latent_avg.expand(n, G.num_ws, G.w_dim) + spread * torch.randn(n, G.num_ws, G.w_dim, generator=g)
+
+
+def _noisy_copy(G):
+    import copy
+
+    from falco.models.stylegan2 import NoiseInjection
+
+    G2 = copy.deepcopy(G)
+    noises = [m for m in G2.modules() if isinstance(m, NoiseInjection)]
+    assert noises, "the generator has noise inputs"
+    with torch.no_grad():
+        for m in noises:
+            m.weight.fill_(0.5)  # the tiny set's strengths are 0 (StyleGAN2's initial value): give the noise a say
+    return G2
+
+
+def test_render_256_is_the_render_resized_to_256_and_keeps_its_noise_mode(tiny_nets):
+    from falco.latent.invert import render_256
+
+    G = _noisy_copy(tiny_nets["G"])
+    ws = _codes(G, tiny_nets["latent_avg"], 2, 0.3, seed=3)
+    with torch.no_grad():
+        const = render_256(G, ws)
+        assert const.shape == (2, 3, 256, 256)
+        torch.testing.assert_close(const, _upsample_256(G.synthesis(ws, noise_mode="const")), rtol=0, atol=1e-6)
+        assert torch.equal(render_256(G, ws, "const"), const)  # const noise: the same image every time
+        r1, r2 = render_256(G, ws, "random"), render_256(G, ws, noise_mode="random")
+        assert (r1 - r2).abs().mean() > 1e-3 and (r1 - const).abs().mean() > 1e-3  # fresh noise at each call
+        none = render_256(G, ws, "none")
+        torch.testing.assert_close(none, _upsample_256(tiny_nets["G"].synthesis(ws)), rtol=0, atol=1e-6)  # no noise at all
+        assert (none - const).abs().mean() > 1e-3
+
+
+def test_render_256_at_a_max_resolution_reads_the_rgb_skip_there(tiny_nets):
+    from falco.latent.invert import render_256
+
+    G = tiny_nets["G"]
+    ws = _codes(G, tiny_nets["latent_avg"], 2, 0.3, seed=4)
+    with torch.no_grad():
+        full = render_256(G, ws)
+        for res in (16, 32):
+            part = render_256(G, ws, max_resolution=res)
+            skip = G.synthesis(ws, max_resolution=res)
+            assert skip.shape[-1] == res and part.shape == (2, 3, 256, 256)
+            torch.testing.assert_close(part, _upsample_256(skip), rtol=0, atol=1e-6)
+            assert (part - full).abs().mean() > 1e-3  # not the full render
+        torch.testing.assert_close(render_256(G, ws, max_resolution=G.img_resolution), full, rtol=0, atol=0)
+        # both arguments at once: the 16-px skip output with fresh noise
+        Gn = _noisy_copy(G)
+        a, b = render_256(Gn, ws, "random", max_resolution=16), render_256(Gn, ws, "random", max_resolution=16)
+        assert (a - b).abs().mean() > 1e-4
+        torch.testing.assert_close(render_256(Gn, ws, "none", max_resolution=16),
+                                   _upsample_256(G.synthesis(ws, max_resolution=16)), rtol=0, atol=1e-6)
+
+
+def _refine_loss(G, ws, x, id_encoder=None, id_weight=0.1) -> torch.Tensor:
+    img = _upsample_256(G.synthesis(ws, noise_mode="const"))
+    loss = (img - x).pow(2).mean(dim=(1, 2, 3))
+    if id_encoder is not None:
+        loss = loss + id_weight * (1 - torch.nn.functional.cosine_similarity(id_encoder(img), id_encoder(x), dim=1))
+    return loss
+
+
+def _adam_by_hand(G, ws, x, steps, lr, id_encoder=None, id_weight=0.1) -> torch.Tensor:
+    w, m, v = ws.clone(), torch.zeros_like(ws), torch.zeros_like(ws)
+    for t in range(1, steps + 1):
+        p = w.detach().clone().requires_grad_(True)
+        _refine_loss(G, p, x, id_encoder, id_weight).sum().backward()
+        g = p.grad
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    return w
+
+
+@pytest.fixture()
+def refine_case(tiny_nets):
+    """Two target faces rendered from codes of their own, and starting codes elsewhere."""
+    G, avg = tiny_nets["G"], tiny_nets["latent_avg"]
+    with torch.no_grad():
+        x = _upsample_256(G.synthesis(_codes(G, avg, 2, 0.5, seed=11)))
+    return G, x, _codes(G, avg, 2, 0.3, seed=12)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_refine_takes_adam_steps_on_the_pixel_loss_and_lowers_it(refine_case, steps):
+    from falco.latent.invert import refine
+
+    G, x, ws0 = refine_case
+    before = ws0.clone()
+    out = refine(x, ws0, G, steps=steps, lr=0.02)
+    assert out.shape == ws0.shape and out.dtype == ws0.dtype and not out.requires_grad
+    assert torch.equal(ws0, before)  # the caller's codes are not modified
+    torch.testing.assert_close(out, _adam_by_hand(G, ws0, x, steps, 0.02), rtol=0, atol=1e-5)  # measured 2e-7
+    if steps == 1:  # Adam's first step moves every component by the learning rate
+        torch.testing.assert_close((out - ws0).abs(), torch.full_like(ws0, 0.02), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert (_refine_loss(G, out, x) < 0.9 * _refine_loss(G, ws0, x)).all()  # each face, measured 0.54x / 0.45x
+
+
+def test_refine_with_the_identity_term_follows_its_weight(refine_case, tiny_nets):
+    from falco.latent.invert import refine
+
+    G, x, ws0 = refine_case
+    idE = tiny_nets["id_encoder"]
+    out = refine(x, ws0, G, steps=1, lr=0.02, id_encoder=idE, id_weight=1.0)
+    torch.testing.assert_close(out, _adam_by_hand(G, ws0, x, 1, 0.02, idE, 1.0), rtol=0, atol=1e-5)
+    # the term and its weight matter: the hand steps at weight 0.1 and without the term differ from this one
+    assert (out - _adam_by_hand(G, ws0, x, 1, 0.02, idE, 0.1)).abs().max() > 1e-2
+    assert (out - _adam_by_hand(G, ws0, x, 1, 0.02)).abs().max() > 1e-2
+
+
+def test_refine_of_zero_steps_returns_the_codes(refine_case):
+    from falco.latent.invert import refine
+
+    G, x, ws0 = refine_case
+    out = refine(x, ws0, G, steps=0)
+    assert torch.equal(out, ws0) and not out.requires_grad
+
+
+def test_encode_adds_latent_avg_of_either_shape(tiny_nets):
+    from falco.latent.invert import encode
+
+    E, avg = tiny_nets["E"], tiny_nets["latent_avg"]
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        codes = E(x)
+        assert avg.ndim == 2 and codes.shape[1:] == avg.shape  # [num_ws, w_dim]
+        torch.testing.assert_close(encode(E, x, avg), codes + avg[None], rtol=0, atol=0)
+        one = avg[0]  # a single w_dim vector: the same for every layer
+        torch.testing.assert_close(encode(E, x, one), codes + one[None, None], rtol=0, atol=0)
+        torch.testing.assert_close(encode(E, x, avg[None]), codes + avg[None], rtol=0, atol=0)  # already [1, num_ws, w_dim]
+
+
+def test_invert_is_encode_then_adam_refinement_in_batches(tiny_nets):
+    from falco.latent.invert import invert
+
+    G, E, avg, idE = tiny_nets["G"], tiny_nets["E"], tiny_nets["latent_avg"], tiny_nets["id_encoder"]
+    with torch.no_grad():
+        x = _upsample_256(G.synthesis(_codes(G, avg, 3, 0.5, seed=21)))
+        encoded = E(x) + avg[None]
+    plain = invert(x, E, G, latent_avg=avg)
+    torch.testing.assert_close(plain, encoded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(invert(x, E, G, latent_avg=avg, batch_size=1), plain, rtol=0, atol=1e-5)  # one at a time
+    refined = invert(x, E, G, latent_avg=avg, refine_steps=1, refine_lr=0.03, id_encoder=idE, id_weight=0.5, batch_size=2)
+    assert refined.shape == (3, G.num_ws, G.w_dim) and not refined.requires_grad
+    by_hand = _adam_by_hand(G, encoded, x, 1, 0.03, idE, 0.5)  # per-face losses: batches do not mix
+    torch.testing.assert_close(refined, by_hand, rtol=0, atol=1e-5)
+    for kwargs in ({"refine_steps": -1}, {"batch_size": 0}):
+        with pytest.raises(InputError):
+            invert(x, E, G, latent_avg=avg, **kwargs)
+    with pytest.raises(InputError, match="images"):
+        invert(x[:, :2], E, G, latent_avg=avg)
+    with pytest.raises(InputError, match="images"):
+        invert(x[0], E, G, latent_avg=avg)

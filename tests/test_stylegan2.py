@@ -12,7 +12,7 @@ import torch
 
 from falco.errors import CheckpointError, InputError
 from falco.models import Generator, load_generator
-from tests.conftest import load_fixture, shared_path
+from tests.conftest import parity_fixture, shared_path
 
 ATOL = 1e-4
 
@@ -21,14 +21,10 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-@pytest.fixture(scope="module")
-def rosinality():
-    return load_fixture("rosinality_g32.pt")
+rosinality = parity_fixture("rosinality_g32.pt")
 
 
-@pytest.fixture(scope="module")
-def nvlabs():
-    return load_fixture("nvlabs_ada_g32.pt")
+nvlabs = parity_fixture("nvlabs_ada_g32.pt")
 
 
 def test_rosinality_fixture_file_reproduces_every_image(rosinality):

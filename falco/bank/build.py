@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,36 +12,22 @@ import numpy as np
 import torch
 
 from falco.bank.layout import (
-    _IGNORED,
-    _META_KEY,
-    BUILD_NAME,
     CHUNK_DIR,
-    FORMAT,
-    INDEX_NAME,
-    MANIFEST_NAME,
     NOISE_MODE,
     PIPELINE,
-    THUMB_DIR,
     _check_int,
     _chunk_meta,
     _chunk_name,
-    _now,
-    _read_json,
-    _write_json,
-    _write_png,
 )
 from falco.errors import InputError
 from falco.bank.features import extractor_fingerprint, module_fingerprint
-from falco.latent.images import quantize_uint8
-from falco.run.inputs import (
-    lock_output_dir,
-    publish_mode,
-    remove_stale_temps,
-    save_tensors,
-)
-from falco.bank.index import (
-    FeatureIndex,
-)
+from falco.bank.writer import (check_extractor, check_index_kind, check_on_device, chunk_layout, claim_bank_dir,
+                               drop_extra_chunks, embed, finish_bank, pending_chunks, render_quantized, save_chunk,
+                               settings_key, thumbs)
+from falco.run.inputs import lock_output_dir, remove_stale_temps
+
+#: How a bank's z are drawn, as its manifest records it.
+Z_RULE = "chunk c: torch.randn(chunk_size, z_dim, generator=manual_seed(SeedSequence([seed, c]))), first count rows"
 
 
 def generator_fingerprint(G: torch.nn.Module) -> str:
@@ -54,6 +36,19 @@ def generator_fingerprint(G: torch.nn.Module) -> str:
     Two generators with the same fingerprint render the same faces from the same w.
     """
     return module_fingerprint(G, "stylegan2", int(G.w_dim), int(G.num_ws))
+
+
+def model_settings(G: torch.nn.Module, extractor: Any) -> dict:
+    """The bank settings that describe its generator and feature extractor."""
+    return {
+        "generator_fingerprint": generator_fingerprint(G),
+        "w_dim": int(G.w_dim),
+        "num_ws": int(G.num_ws),
+        "z_dim": int(getattr(G, "z_dim", G.w_dim)),
+        "features_name": str(extractor.name),
+        "features_dim": int(extractor.dim),
+        "features_fingerprint": extractor_fingerprint(extractor),
+    }
 
 
 def chunk_z(seed: int, chunk: int, chunk_size: int, z_dim: int) -> torch.Tensor:
@@ -67,12 +62,6 @@ def chunk_z(seed: int, chunk: int, chunk_size: int, z_dim: int) -> torch.Tensor:
     return torch.randn(chunk_size, z_dim, generator=gen)
 
 
-def _render_quantized(G: torch.nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from falco.latent.invert import render_256
-
-    return quantize_uint8(render_256(G, w, noise_mode=NOISE_MODE))
-
-
 def render_fakes(G: torch.nn.Module, ws: torch.Tensor, *, batch_size: int = 16) -> np.ndarray:
     """Render bank w codes as the bank saw them: 256 px, noise 'const', uint8 RGB.
 
@@ -83,31 +72,9 @@ def render_fakes(G: torch.nn.Module, ws: torch.Tensor, *, batch_size: int = 16) 
     out = []
     with torch.no_grad():
         for s in range(0, len(ws), batch_size):
-            u8, _ = _render_quantized(G, ws[s:s + batch_size].to(dev))
+            u8, _ = render_quantized(G, ws[s:s + batch_size].to(dev))
             out.append(u8.permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
-
-
-def _thumbs(x: torch.Tensor, size: int) -> np.ndarray:
-    """[B, 3, 256, 256] in [-1, 1] -> uint8 [B, size, size, 3] (area-averaged)."""
-    t = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
-    u8, _ = quantize_uint8(t)
-    return u8.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _sheet(tiles: np.ndarray, cols: int) -> np.ndarray:
-    n, s = tiles.shape[0], tiles.shape[1]
-    rows = math.ceil(n / cols)
-    sheet = np.zeros((rows * s, cols * s, 3), np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        sheet[r * s:(r + 1) * s, c * s:(c + 1) * s] = tiles[i]
-    return sheet
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def build_bank(
@@ -173,15 +140,10 @@ def build_bank(
         raise InputError(f"truncation must be a number in [0, 1], got {truncation!r}") from None
     if not 0.0 <= truncation <= 1.0:
         raise InputError(f"truncation must be in [0, 1], got {truncation}")
-    if index not in ("auto", "flat", "ivf", "hnsw"):
-        raise InputError(f"index must be 'auto', 'flat', 'ivf' or 'hnsw', got {index!r}")
-    for attr in ("name", "dim"):
-        if not hasattr(extractor, attr):
-            raise InputError(f"extractor: expected a FeatureExtractor with .{attr}, got {type(extractor).__name__}")
+    check_index_kind(index)
+    check_extractor(extractor)
     device = torch.device(device)
-    for what, module in (("G", G), ("extractor", getattr(extractor, "net", None))):
-        if isinstance(module, torch.nn.Module) and _device_of(module).type != device.type:
-            raise InputError(f"{what} is on {_device_of(module)} but device={str(device)!r}; move it first")
+    check_on_device(G, extractor, device)
 
     out = Path(out)
     with lock_output_dir(out):
@@ -196,13 +158,7 @@ def build_bank(
 def _settings(G, extractor, *, truncation, seed, chunk_size, thumbnails, thumbnail_size) -> dict:
     """Everything the bank's content depends on (apart from num, batch size and device)."""
     return {
-        "generator_fingerprint": generator_fingerprint(G),
-        "w_dim": int(G.w_dim),
-        "num_ws": int(G.num_ws),
-        "z_dim": int(getattr(G, "z_dim", G.w_dim)),
-        "features_name": str(extractor.name),
-        "features_dim": int(extractor.dim),
-        "features_fingerprint": extractor_fingerprint(extractor),
+        **model_settings(G, extractor),
         "truncation": truncation,
         "seed": seed,
         "chunk_size": chunk_size,
@@ -210,16 +166,6 @@ def _settings(G, extractor, *, truncation, seed, chunk_size, thumbnails, thumbna
         "pipeline": PIPELINE,
         "thumbnail_size": thumbnail_size if thumbnails else None,
     }
-
-
-def _key(settings: Mapping) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _diff(old: Mapping, new: Mapping) -> str:
-    names = [k for k in new if old.get(k) != new.get(k)]
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" if "fingerprint" not in k else f"{k} differs"
-                     for k in names)
 
 
 def _build_locked(out: Path, G, extractor, *, num, truncation, seed, batch_size, chunk_size, device,
@@ -230,49 +176,17 @@ def _build_locked(out: Path, G, extractor, *, num, truncation, seed, batch_size,
     t_start = time.perf_counter()
     settings = _settings(G, extractor, truncation=truncation, seed=seed, chunk_size=chunk_size,
                          thumbnails=thumbnails, thumbnail_size=thumbnail_size)
-    key = _key(settings)
-    manifest_path, build_path = out / MANIFEST_NAME, out / BUILD_NAME
+    key = settings_key(settings)
+    if claim_bank_dir(out, settings, key, num):
+        note(f"{out}: already a complete bank of {num} fakes with these settings; nothing to do")
+        return out
 
-    if manifest_path.exists():
-        old = _read_json(manifest_path)
-        if old.get("key") == key and old.get("count") == num:
-            note(f"{out}: already a complete bank of {num} fakes with these settings; nothing to do")
-            return out
-        diff = _diff(old.get("settings", {}), settings) or f"count {old.get('count')} -> {num}"
-        raise InputError(f"--out {str(out)!r} already holds a finished bank built with other settings "
-                         f"({diff}); choose another folder")
-    if build_path.exists():
-        old = _read_json(build_path)
-        if old.get("key") != key:
-            raise InputError(f"--out {str(out)!r} holds an unfinished bank built with other settings "
-                             f"({_diff(old.get('settings', {}), settings)}); re-run with its settings or "
-                             "choose another folder")
-    else:
-        foreign = [p.name for p in out.iterdir() if p.name not in _IGNORED]
-        if foreign:
-            raise InputError(f"--out {str(out)!r} is not empty and not a bank (holds {', '.join(sorted(foreign)[:5])}); "
-                             "choose a new folder")
-    _write_json(build_path, {"format": FORMAT, "key": key, "num": num, "settings": settings,
-                             "started": _now()})
-
-    n_chunks = math.ceil(num / chunk_size)
-    counts = [min(chunk_size, num - c * chunk_size) for c in range(n_chunks)]
-    cols = math.ceil(math.sqrt(chunk_size))
-    chunk_dir, thumb_dir = out / CHUNK_DIR, out / THUMB_DIR
-    chunk_dir.mkdir(exist_ok=True)
-    if thumbnails:
-        thumb_dir.mkdir(exist_ok=True)
-
-    def done(c: int) -> bool:
-        meta = _chunk_meta(chunk_dir / f"{_chunk_name(c)}.safetensors")
-        ok = meta is not None and meta.get("key") == key and meta.get("count") == str(counts[c])
-        return ok and (not thumbnails or (thumb_dir / f"{_chunk_name(c)}.png").is_file())
-
-    todo = [c for c in range(n_chunks) if not done(c)]
+    counts, cols = chunk_layout(num, chunk_size)
+    n_chunks = len(counts)
+    todo = pending_chunks(out, key, counts, thumbnails, note)
     if len(todo) < n_chunks:
-        note(f"resuming: {n_chunks - len(todo)} of {n_chunks} chunks already written")
         made = {(m.get("batch_size"), m.get("device")) for c in range(n_chunks) if c not in todo
-                for m in [_chunk_meta(chunk_dir / f"{_chunk_name(c)}.safetensors") or {}]}
+                for m in [_chunk_meta(out / CHUNK_DIR / f"{_chunk_name(c)}.safetensors") or {}]}
         if made != {(str(batch_size), str(device))}:
             note(f"note: earlier chunks were made with (batch size, device) {sorted(made)}, this run uses "
                  f"({batch_size}, {device}); the bank is valid but not bit-identical to a single run")
@@ -286,102 +200,18 @@ def _build_locked(out: Path, G, extractor, *, num, truncation, seed, batch_size,
             with torch.no_grad():
                 for s in range(0, len(z), batch_size):
                     w = G.mapping(z[s:s + batch_size].to(device), truncation_psi=truncation)
-                    _, x = _render_quantized(G, w)
-                    f = extractor(x)
-                    if f.ndim != 2 or f.shape[1] != int(extractor.dim):
-                        raise InputError(f"extractor {extractor.name!r} returned shape {tuple(f.shape)}, "
-                                         f"expected [B, {extractor.dim}]")
+                    _, x = render_quantized(G, w)
                     ws.append(w.float().cpu())
-                    feats.append(f.float().cpu())
+                    feats.append(embed(extractor, x))
                     if thumbnails:
-                        tiles.append(_thumbs(x, thumbnail_size))
+                        tiles.append(thumbs(x, thumbnail_size))
                     bar.update(len(w))
-            if thumbnails:
-                _write_png(thumb_dir / f"{_chunk_name(c)}.png", _sheet(np.concatenate(tiles), cols))
-            _write_chunk(chunk_dir / f"{_chunk_name(c)}.safetensors", torch.cat(ws), torch.cat(feats),
-                         {"key": key, "chunk": str(c), "start": str(c * chunk_size), "count": str(counts[c]),
-                          "batch_size": str(batch_size), "device": str(device)})
+            save_chunk(out, c, key=key, start=c * chunk_size, ws=torch.cat(ws), features=torch.cat(feats),
+                       tiles=tiles if thumbnails else None, cols=cols, batch_size=batch_size, device=device)
     finally:
         bar.close()
 
-    # Chunks of an earlier, larger num are not part of this bank.
-    for p in list(chunk_dir.glob("chunk_*.safetensors")) + list(thumb_dir.glob("chunk_*.png")):
-        stem = p.name.split(".")[0]
-        if stem.startswith("chunk_") and stem[6:].isdigit() and int(stem[6:]) >= n_chunks:
-            p.unlink()
-
-    chunks, features = [], []
-    for c in range(n_chunks):
-        rel = f"{CHUNK_DIR}/{_chunk_name(c)}.safetensors"
-        blob = (out / rel).read_bytes()
-        from safetensors.torch import load as _load
-
-        features.append(_load(blob)["features"].numpy())
-        chunks.append({"file": rel, "start": c * chunk_size, "count": counts[c],
-                       "sha256": hashlib.sha256(blob).hexdigest(),
-                       "thumbnails": f"{THUMB_DIR}/{_chunk_name(c)}.png" if thumbnails else None})
-    features = np.concatenate(features)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fi = FeatureIndex.build(features, "cosine", index, seed=seed)
-    index_notes = [str(w.message) for w in caught]
-    for msg in index_notes:
-        note(f"index: {msg}")
-    fi.save(out / INDEX_NAME)
-    publish_mode(out / INDEX_NAME)  # faiss writes through a private temp file
-    note(f"index: {fi.kind} {fi.params or ''}".rstrip())
-
-    manifest = {
-        "format": FORMAT,
-        "created": _now(),
-        "key": key,
-        "count": num,
-        "w_dim": settings["w_dim"],
-        "num_ws": settings["num_ws"],
-        "z_dim": z_dim,
-        "truncation": truncation,
-        "seed": seed,
-        "chunk_size": chunk_size,
-        "noise_mode": NOISE_MODE,
-        "pipeline": PIPELINE,
-        "z": "chunk c: torch.randn(chunk_size, z_dim, generator=manual_seed(SeedSequence([seed, c]))), first count rows",
-        "generator": {
-            "fingerprint": settings["generator_fingerprint"],
-            "sha256": generator_sha256,
-            "name": generator_name,
-            "source_layout": getattr(G, "source_layout", None),
-            "img_resolution": getattr(G, "img_resolution", None),
-            "w_dim": settings["w_dim"],
-            "num_ws": settings["num_ws"],
-        },
-        "features": {
-            "name": settings["features_name"],
-            "dim": settings["features_dim"],
-            "fingerprint": settings["features_fingerprint"],
-            "source": getattr(extractor, "source", None),
-            # what the extractor did to each fake before its network; the queries do the same
-            "preprocessing": getattr(extractor, "preprocessing", None),
-            "metric": "cosine",
-            "normalized": True,
-        },
-        "index": {"file": INDEX_NAME, "kind": fi.kind, "metric": fi.metric, "params": fi.params,
-                  "notes": index_notes},
-        "thumbnails": {"size": thumbnail_size, "cols": cols} if thumbnails else None,
-        "chunks": chunks,
-        "settings": settings,
-        "build": {"batch_size": batch_size, "device": str(device), "seconds_this_run": round(time.perf_counter() - t_start, 3)},
-    }
-    for k, v in extra.items():
-        manifest.setdefault(k, v)
-    _write_json(out / MANIFEST_NAME, manifest)
-    return out
-
-
-def _write_chunk(path: Path, ws: torch.Tensor, features: torch.Tensor, metadata: dict[str, str]) -> None:
-    """One chunk file, atomically (a hook point for tests that simulate a crash).
-
-    The metadata goes in as one JSON string: safetensors writes a metadata dict in a random
-    key order, which would make identical chunks differ byte-wise.
-    """
-    save_tensors(path, {"ws": ws, "features": features},
-                 metadata={_META_KEY: json.dumps(metadata, sort_keys=True)})
+    drop_extra_chunks(out, n_chunks)  # chunks of an earlier, larger num are not part of this bank
+    return finish_bank(out, G, extractor, settings, key=key, counts=counts, cols=cols, index=index, z=Z_RULE,
+                       generator_sha256=generator_sha256, generator_name=generator_name, extra=extra,
+                       batch_size=batch_size, device=device, started=t_start, note=note)

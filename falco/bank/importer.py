@@ -2,20 +2,19 @@
 
 :func:`import_bank` writes the same directory as :func:`falco.bank.build_bank` (chunks of ``ws``
 and ``features``, contact sheets, FAISS index, ``manifest.json`` written last), with the
-build's own writers, but the codes are given instead of sampled: nothing records a seed, and
-the manifest's ``source`` says where the codes came from. Features are computed the way
-``build_bank`` computes them (``render_256`` with noise 'const', uint8, the extractor) unless
-given; thumbnails are rendered unless a reader of existing images is given. Chunks are the unit
-of resuming, as in a build: re-run the same import to finish an interrupted one.
+build's own writers (:mod:`falco.bank.writer`), but the codes are given instead of sampled:
+nothing records a seed, and the manifest's ``source`` says where the codes came from. Features
+are computed the way ``build_bank`` computes them (``render_256`` with noise 'const', uint8,
+the extractor) unless given; thumbnails are rendered unless a reader of existing images is
+given. Chunks are the unit of resuming, as in a build: re-run the same import to finish an
+interrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,37 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from falco.bank.build import (
-    _device_of,
-    _diff,
-    _key,
-    _render_quantized,
-    _sheet,
-    _thumbs,
-    _write_chunk,
-    generator_fingerprint,
-)
-from falco.bank.features import extractor_fingerprint
-from falco.bank.index import FeatureIndex
-from falco.bank.layout import (
-    _IGNORED,
-    BUILD_NAME,
-    CHUNK_DIR,
-    FORMAT,
-    INDEX_NAME,
-    MANIFEST_NAME,
-    NOISE_MODE,
-    THUMB_DIR,
-    _check_int,
-    _chunk_meta,
-    _chunk_name,
-    _now,
-    _read_json,
-    _write_json,
-    _write_png,
-)
+from falco.bank.build import model_settings
+from falco.bank.layout import NOISE_MODE, _check_int
+from falco.bank.writer import (check_extractor, check_index_kind, check_on_device, chunk_layout, claim_bank_dir,
+                               drop_extra_chunks, embed, finish_bank, pending_chunks, render_quantized, save_chunk,
+                               settings_key, thumbs)
 from falco.errors import InputError
-from falco.run.inputs import lock_output_dir, publish_mode, remove_stale_temps
+from falco.run.inputs import lock_output_dir, remove_stale_temps
 
 __all__ = ["ThumbnailReader", "import_bank"]
 
@@ -114,31 +89,20 @@ def import_bank(
     batch_size = _check_int(batch_size, "batch_size", 1)
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
     thumbnail_size = _check_int(thumbnail_size, "thumbnail_size", 8, 256)
-    if index not in ("auto", "flat", "ivf", "hnsw"):
-        raise InputError(f"index must be 'auto', 'flat', 'ivf' or 'hnsw', got {index!r}")
+    check_index_kind(index)
     if not isinstance(ws, torch.Tensor) or ws.ndim != 2 or ws.shape[0] < 1 or ws.shape[1] != int(G.w_dim):
         got = list(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__
         raise InputError(f"ws: expected w codes [N, {G.w_dim}] (the generator's w_dim), got {got}")
     ws = ws.detach().to("cpu", torch.float32).contiguous()
     if not torch.isfinite(ws).all():
         raise InputError("ws: the codes hold non-finite values")
-    for attr in ("name", "dim"):
-        if not hasattr(extractor, attr):
-            raise InputError(f"extractor: expected a FeatureExtractor with .{attr}, got {type(extractor).__name__}")
+    check_extractor(extractor)
     if features is not None:
         features = _check_features(features, len(ws), int(extractor.dim))
     device = torch.device(device)
-    for what, module in (("G", G), ("extractor", getattr(extractor, "net", None))):
-        if isinstance(module, torch.nn.Module) and _device_of(module).type != device.type:
-            raise InputError(f"{what} is on {_device_of(module)} but device={str(device)!r}; move it first")
+    check_on_device(G, extractor, device)
     settings = {
-        "generator_fingerprint": generator_fingerprint(G),
-        "w_dim": int(G.w_dim),
-        "num_ws": int(G.num_ws),
-        "z_dim": int(getattr(G, "z_dim", G.w_dim)),
-        "features_name": str(extractor.name),
-        "features_dim": int(extractor.dim),
-        "features_fingerprint": extractor_fingerprint(extractor),
+        **model_settings(G, extractor),
         "features_preprocessing": getattr(extractor, "preprocessing", None),
         "truncation": None if truncation is None else float(truncation),
         "chunk_size": chunk_size,
@@ -177,45 +141,14 @@ def _import_locked(out: Path, ws, G, extractor, features, reader, settings: dict
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    key, num, chunk_size = _key(settings), len(ws), settings["chunk_size"]
+    key, num, chunk_size = settings_key(settings), len(ws), settings["chunk_size"]
     thumbnails, size = settings["thumbnail_size"] is not None, settings["thumbnail_size"]
-    if (out / MANIFEST_NAME).exists():
-        old = _read_json(out / MANIFEST_NAME)
-        if old.get("key") == key and old.get("count") == num:
-            note(f"{out}: already a complete bank of these {num} fakes; nothing to do")
-            return out
-        diff = _diff(old.get("settings", {}), settings) or f"count {old.get('count')} -> {num}"
-        raise InputError(f"--out {str(out)!r} already holds a finished bank made with other settings ({diff}); "
-                         "choose another folder")
-    if (out / BUILD_NAME).exists():
-        old = _read_json(out / BUILD_NAME)
-        if old.get("key") != key:
-            raise InputError(f"--out {str(out)!r} holds an unfinished bank made with other settings "
-                             f"({_diff(old.get('settings', {}), settings)}); re-run with its settings or "
-                             "choose another folder")
-    else:
-        foreign = [p.name for p in out.iterdir() if p.name not in _IGNORED]
-        if foreign:
-            raise InputError(f"--out {str(out)!r} is not empty and not a bank (holds "
-                             f"{', '.join(sorted(foreign)[:5])}); choose a new folder")
-    _write_json(out / BUILD_NAME, {"format": FORMAT, "key": key, "num": num, "settings": settings, "started": _now()})
+    if claim_bank_dir(out, settings, key, num, made="made"):
+        note(f"{out}: already a complete bank of these {num} fakes; nothing to do")
+        return out
 
-    n_chunks = math.ceil(num / chunk_size)
-    counts = [min(chunk_size, num - c * chunk_size) for c in range(n_chunks)]
-    cols = math.ceil(math.sqrt(chunk_size))
-    chunk_dir, thumb_dir = out / CHUNK_DIR, out / THUMB_DIR
-    chunk_dir.mkdir(exist_ok=True)
-    if thumbnails:
-        thumb_dir.mkdir(exist_ok=True)
-
-    def done(c: int) -> bool:
-        meta = _chunk_meta(chunk_dir / f"{_chunk_name(c)}.safetensors")
-        ok = meta is not None and meta.get("key") == key and meta.get("count") == str(counts[c])
-        return ok and (not thumbnails or (thumb_dir / f"{_chunk_name(c)}.png").is_file())
-
-    todo = [c for c in range(n_chunks) if not done(c)]
-    if len(todo) < n_chunks:
-        note(f"resuming: {n_chunks - len(todo)} of {n_chunks} chunks already written")
+    counts, cols = chunk_layout(num, chunk_size)
+    todo = pending_chunks(out, key, counts, thumbnails, note)
     render = features is None or (thumbnails and reader is None)
     bar = tqdm(total=num, initial=num - sum(counts[c] for c in todo), unit="fake", desc="bank import",
                disable=not progress, dynamic_ncols=True)
@@ -227,34 +160,23 @@ def _import_locked(out: Path, ws, G, extractor, features, reader, settings: dict
                 e = min(s + batch_size, stop)
                 if render:
                     with torch.no_grad():
-                        _, x = _render_quantized(G, ws[s:e].to(device))
+                        _, x = render_quantized(G, ws[s:e].to(device))
                     if features is None:
-                        f = extractor(x)
-                        if f.ndim != 2 or f.shape[1] != int(extractor.dim):
-                            raise InputError(f"extractor {extractor.name!r} returned shape {tuple(f.shape)}, "
-                                             f"expected [B, {extractor.dim}]")
-                        feats.append(f.float().cpu())
+                        feats.append(embed(extractor, x))
                     if thumbnails and reader is None:
-                        tiles.append(_thumbs(x, size))
+                        tiles.append(thumbs(x, size))
                 if thumbnails and reader is not None:
                     tiles.append(_tiles(reader(s, e, size), e - s, size))
                 bar.update(e - s)
-            if thumbnails:
-                _write_png(thumb_dir / f"{_chunk_name(c)}.png", _sheet(np.concatenate(tiles), cols))
             f = torch.cat(feats) if features is None else features[start:stop]
-            _write_chunk(chunk_dir / f"{_chunk_name(c)}.safetensors", ws[start:stop].clone(), f,
-                         {"key": key, "chunk": str(c), "start": str(start), "count": str(counts[c]),
-                          "batch_size": str(batch_size), "device": str(device)})
+            save_chunk(out, c, key=key, start=start, ws=ws[start:stop].clone(), features=f,
+                       tiles=tiles if thumbnails else None, cols=cols, batch_size=batch_size, device=device)
     finally:
         bar.close()
-    for p in list(chunk_dir.glob("chunk_*.safetensors")) + list(thumb_dir.glob("chunk_*.png")):
-        stem = p.name.split(".")[0]
-        if stem[6:].isdigit() and int(stem[6:]) >= n_chunks:
-            p.unlink()
-    return _finish(out, G, extractor, settings, key=key, counts=counts, cols=cols, index=index,
-                   generator_sha256=generator_sha256, generator_name=generator_name, extra=extra,
-                   run={"batch_size": batch_size, "device": str(device),
-                        "seconds_this_run": round(time.perf_counter() - t_start, 3)}, note=note)
+    drop_extra_chunks(out, len(counts))
+    return finish_bank(out, G, extractor, settings, key=key, counts=counts, cols=cols, index=index, z=None,
+                       generator_sha256=generator_sha256, generator_name=generator_name, extra=extra,
+                       batch_size=batch_size, device=device, started=t_start, note=note)
 
 
 def _tiles(tiles: Any, n: int, size: int) -> np.ndarray:
@@ -263,74 +185,3 @@ def _tiles(tiles: Any, n: int, size: int) -> np.ndarray:
         raise InputError(f"thumbnail_reader returned {tiles.dtype} {list(tiles.shape)}, expected uint8 "
                          f"[{n}, {size}, {size}, 3]")
     return tiles
-
-
-def _finish(out: Path, G, extractor, settings: dict, *, key, counts, cols, index, generator_sha256, generator_name,
-            extra, run, note) -> Path:
-    """Index and manifest, as :func:`falco.bank.build_bank` writes them after its last chunk."""
-    from safetensors.torch import load as _load
-
-    chunk_size, thumbnails = settings["chunk_size"], settings["thumbnail_size"] is not None
-    chunks, features = [], []
-    for c, count in enumerate(counts):
-        rel = f"{CHUNK_DIR}/{_chunk_name(c)}.safetensors"
-        blob = (out / rel).read_bytes()
-        features.append(_load(blob)["features"].numpy())
-        chunks.append({"file": rel, "start": c * chunk_size, "count": count,
-                       "sha256": hashlib.sha256(blob).hexdigest(),
-                       "thumbnails": f"{THUMB_DIR}/{_chunk_name(c)}.png" if thumbnails else None})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fi = FeatureIndex.build(np.concatenate(features), "cosine", index, seed=0)
-    index_notes = [str(w.message) for w in caught]
-    for msg in index_notes:
-        note(f"index: {msg}")
-    fi.save(out / INDEX_NAME)
-    publish_mode(out / INDEX_NAME)
-    note(f"index: {fi.kind} {fi.params or ''}".rstrip())
-    manifest = {
-        "format": FORMAT,
-        "created": _now(),
-        "key": key,
-        "count": sum(counts),
-        "w_dim": settings["w_dim"],
-        "num_ws": settings["num_ws"],
-        "z_dim": settings["z_dim"],
-        "truncation": settings["truncation"],
-        "seed": None,
-        "chunk_size": chunk_size,
-        "noise_mode": NOISE_MODE,
-        "pipeline": settings["pipeline"],
-        "z": None,
-        "source": settings["source"],
-        "generator": {
-            "fingerprint": settings["generator_fingerprint"],
-            "sha256": generator_sha256,
-            "name": generator_name,
-            "source_layout": getattr(G, "source_layout", None),
-            "img_resolution": getattr(G, "img_resolution", None),
-            "w_dim": settings["w_dim"],
-            "num_ws": settings["num_ws"],
-        },
-        "features": {
-            "name": settings["features_name"],
-            "dim": settings["features_dim"],
-            "fingerprint": settings["features_fingerprint"],
-            "source": getattr(extractor, "source", None),
-            "preprocessing": settings["features_preprocessing"],
-            "metric": "cosine",
-            "normalized": True,
-            "imported": settings["features_sha256"] is not None,
-        },
-        "index": {"file": INDEX_NAME, "kind": fi.kind, "metric": fi.metric, "params": fi.params,
-                  "notes": index_notes},
-        "thumbnails": {"size": settings["thumbnail_size"], "cols": cols, "from": settings["thumbnails_from"]}
-        if thumbnails else None,
-        "chunks": chunks,
-        "settings": settings,
-        "build": run,
-    }
-    for k, v in extra.items():
-        manifest.setdefault(k, v)
-    _write_json(out / MANIFEST_NAME, manifest)
-    return out

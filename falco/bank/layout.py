@@ -47,16 +47,6 @@ def _write_json(path: Path, data: Mapping) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
-
-
 def _chunk_meta(path: Path) -> dict | None:
     """A chunk file's metadata, or None if it is missing or unreadable."""
     from safetensors import safe_open

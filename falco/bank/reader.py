@@ -34,12 +34,12 @@ from falco.bank.layout import (
     _check_int,
     _chunk_meta,
     _chunk_name,
-    _read_json,
 )
 from falco.errors import InputError
 from falco.bank.features import extractor_fingerprint
 from falco.run.inputs import (
     load_tensors,
+    read_json_object,
 )
 from falco.bank.index import (
     FeatureIndex,
@@ -64,11 +64,11 @@ def bank_status(path: str | os.PathLike) -> dict:
     if not path.is_dir():
         return {"state": "absent"}
     if (path / MANIFEST_NAME).is_file():
-        m = _read_json(path / MANIFEST_NAME)
+        m = read_json_object(path / MANIFEST_NAME)
         return {"state": "complete", "count": m.get("count"), "chunks_done": len(m.get("chunks", [])),
                 "chunks_total": len(m.get("chunks", [])), "manifest": m}
     if (path / BUILD_NAME).is_file():
-        b = _read_json(path / BUILD_NAME)
+        b = read_json_object(path / BUILD_NAME)
         num, size, key = int(b.get("num", 0)), int(b.get("settings", {}).get("chunk_size", 1)), b.get("key")
         total = math.ceil(num / size) if num else 0
         done = sum(1 for c in range(total)

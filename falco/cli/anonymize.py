@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from falco.cli.options import device_option, input_argument, max_pixels_option, models_option, report_summary
+from falco.cli.options import (device_option, falco_params, input_argument, max_pixels_option, models_option,
+                               report_summary)
 from falco.errors import InputError
 
 
@@ -38,7 +39,7 @@ def anonymize_command(
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last tensors (implies --modconv dense)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the render-and-loss step (slow first batch)."),
     loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
-    detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
+    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo) or mtcnn (facenet-pytorch)."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
     pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks."),
@@ -47,6 +48,10 @@ def anonymize_command(
     method_option: Optional[list[str]] = typer.Option(None, "--method-option", metavar="KEY=VALUE", help="An option of the method's constructor (repeatable), e.g. feather=0.1."),
     guard: str = typer.Option("enforce", "--guard", help="Privacy guard: off, warn or enforce (exit 1 if a face needed the fallback)."),
     keep_identity: Optional[list[Path]] = typer.Option(None, "--keep-identity", help="Photo of a consenting person whose faces are left as they are (repeatable)."),
+    keep: Optional[str] = typer.Option(None, "--keep", metavar="PARTS", help="Parts of each face kept from the photo, comma-separated: skin, brows, eyes, nose, mouth, lips, hair, neck, ears, glasses, hat, cloth or eyes-brows, mouth-lips, hair-neck, everything, nothing (hair..cloth need the face parser)."),
+    change: Optional[str] = typer.Option(None, "--change", metavar="PARTS", help="The only parts of each face the method changes (same names as --keep; excludes --keep)."),
+    region_feather: float = typer.Option(0.02, "--region-feather", help="--keep/--change: width of the seams, a fraction of the face's size."),
+    region_masks: str = typer.Option("auto", "--region-masks", help="--keep/--change masks: auto (the face parser when installed, else the 68 landmarks), landmarks or parsing."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write <photo>.json with each face's provenance."),
     export_detections: Optional[str] = typer.Option(None, "--export-detections", help="coco: write detections_coco.json (boxes, RLE masks)."),
     max_pixels: int = max_pixels_option(),
@@ -54,16 +59,11 @@ def anonymize_command(
 ) -> None:
     """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
     from falco.config import AnonymizeConfig
-    from falco.latent.optimise import FalcoParams
     from falco.run.anonymize import run_anonymize
 
-    try:
-        start, end = (int(v) for v in layers.split(":"))
-    except ValueError:
-        raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
-    params = FalcoParams(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
-                         amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
-                         channels_last=channels_last, compile=compile, loss_resolution=loss_resolution)
+    params = falco_params(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=layers,
+                          amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
+                          channels_last=channels_last, compile=compile, loss_resolution=loss_resolution)
     options = parse_method_options(method_option or ())
     options.update({k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id),
                                       ("condition", anonygan_condition)) if v is not None})
@@ -72,7 +72,8 @@ def anonymize_command(
                           method_options=options, detector=detector, upsample=upsample, max_pixels=max_pixels,
                           format=format.lower() if format else None, quality=quality, save_crops=save_crops,
                           sidecar=sidecar, export_detections=export_detections, on_fail=on_fail, guard=guard,
-                          keep_identity=tuple(keep_identity or ()), progress=not no_progress)
+                          keep_identity=tuple(keep_identity or ()), keep=keep, change=change,
+                          region_feather=region_feather, region_masks=region_masks, progress=not no_progress)
     summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
     report_summary(summary)
 

@@ -18,7 +18,7 @@ def eval_attributes_command(
     name: Optional[list[str]] = typer.Option(None, "--name", help="Run name, once per --anon (default: folder name)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of attribute labels (source[,face_index],attr...)."),
     detectors: str = typer.Option("hog,cnn:0,mtcnn", "--detectors", help="Detection-rate detectors: hog, cnn[:UPSAMPLE], mtcnn (default: the CNN without upsampling)."),
-    recognizers: str = typer.Option("dlib,arcface", "--recognizers", help="Re-identification: dlib (offline), arcface."),
+    recognizers: str = typer.Option("dlib,arcface", "--recognizers", help="Re-identification: dlib (offline), arcface, sface (OpenCV zoo; e.g. dlib,arcface,sface)."),
     classifiers: str = typer.Option("landmarks,farl-celeba", "--classifiers", help="Attributes: landmarks, farl-celeba."),
     upsample: int = typer.Option(1, "--upsample", min=0, max=4, help="dlib upsampling (reference detector, hog, cnn)."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip FID/KID."),

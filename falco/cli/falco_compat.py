@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from falco.cli.options import device_option, models_option
-from falco.errors import InputError
+from falco.cli.options import device_option, falco_params, models_option
 
 
 def anonymize_falco_command(
@@ -34,13 +33,8 @@ def anonymize_falco_command(
 ) -> None:
     """Anonymize a FALCO workspace's real images from its own inversions and fake pairs."""
     from falco.compat.falco_anonymize import run_anonymize_workspace
-    from falco.latent.optimise import FalcoParams
 
-    try:
-        start, end = (int(v) for v in layers.split(":"))
-    except ValueError:
-        raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
-    params = FalcoParams(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end))
+    params = falco_params(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=layers)
     summary = run_anonymize_workspace(root, out, dataset=dataset, fake_dataset=fake_dataset, pair_map=pair_map,
                                       models=models, generator=generator, device=device, params=params,
                                       batch_size=batch_size, image_format=format.lower(), limit=limit,

@@ -17,7 +17,7 @@ def invert_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces per encoder batch."),
     device: str = device_option(),
     refine_steps: int = typer.Option(0, "--refine-steps", min=0, help="Latent refinement steps after e4e (0 = off)."),
-    detector: str = typer.Option("hog", "--detector", help="Face detector: hog or cnn."),
+    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo) or mtcnn (facenet-pytorch)."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     seed: int = typer.Option(0, "--seed"),
     max_pixels: int = max_pixels_option(),

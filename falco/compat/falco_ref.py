@@ -30,7 +30,6 @@ batch they were saved with and detached.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 
 from falco.errors import InputError
+from falco.run.inputs import read_json_object
 
 __all__ = ["CodeFiles", "FalcoWorkspace", "image_id", "load_code", "read_workspace"]
 
@@ -362,15 +362,7 @@ def _find_fake_dir(root: Path, fake_dataset: str | Path | None) -> Path:
 
 def _read_args(fake_dir: Path) -> dict:
     path = fake_dir / "args.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, unreadable="unreadable JSON") if path.exists() else {}
 
 
 def _read_hashes(fake_dir: Path) -> list[str]:
@@ -428,12 +420,7 @@ def _find_pair_map(fake_dir: Path, dataset: str, pair_map: str | Path | None) ->
 
 
 def _read_pair_map(path: Path, fake_index: Mapping[str, int]) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object {{real image name: fake hash}}")
+    data = read_json_object(path, unreadable="unreadable JSON", expected="a JSON object {real image name: fake hash}")
     pairs: dict[str, str] = {}
     for name, value in data.items():
         if isinstance(value, list) and value:  # later versions store [hash, ...]

@@ -21,6 +21,7 @@ from falco.errors import ImageLoadError, InputError
 from falco.evaluation.common import FeatureCache, image_digest, landmarks_key, progress_bar
 from falco.evaluation.detection import DetectionCount, count_detected, get_eval_detector, match_boxes
 from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
+from falco.evaluation.regions import part_changes
 from falco.evaluation.tools import Tools
 from falco.faces.detect import get_detector
 from falco.faces.ffhq import align_face
@@ -52,6 +53,7 @@ class RunData:
     real_feats: list[np.ndarray | None] = field(default_factory=list)
     anon_feats: list[np.ndarray | None] = field(default_factory=list)
     example_crops: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    part_change: list[dict[str, float | None]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -199,6 +201,8 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
                 target.update(lab)
     data.real_labels += real_labels
     data.anon_labels += anon_labels
+    key = ("parts", rd, ad, tools.parser is not None, tuple(map(landmarks_key, real_lms)))
+    data.part_change += cache.get(key, lambda: part_changes(real_img, anon_img, real_lms, parser=tools.parser))
     # FID crops and the example grid: the same region of both photos (the real face's alignment)
     real_crops = [_crop(real_img, lm) for lm in real_lms]
     anon_crops = [_crop(anon_img, lm) for lm in real_lms]

@@ -27,7 +27,6 @@ merged by non-maximum suppression. Real and anonymized photos go through the sam
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 from falco.errors import InputError
 from falco.evaluation.common import MetricUnavailable
 from falco.faces.detect import Box, check_image, get_detector
+from falco.faces.mtcnn import MTCNN_INSTALL, mtcnn_unavailable
 
 __all__ = [
     "DETECTORS",
@@ -56,9 +56,6 @@ __all__ = [
 #: Detector names the evaluation knows.
 DETECTORS: tuple[str, ...] = ("hog", "cnn", "mtcnn")
 
-MTCNN_INSTALL = (
-    "pip install --no-deps facenet-pytorch  (never with its dependencies: its metadata pins torch<2.3)"
-)
 
 
 class EvalDetector(Protocol):
@@ -151,11 +148,11 @@ class DlibEvalDetector:
         return f"{self.name}:{self.upsample}"
 
 
-@functools.cache
 def _mtcnn_model(device: str):
-    from facenet_pytorch import MTCNN
+    """The one cached MTCNN, shared with ``--detector mtcnn`` (:mod:`falco.faces.mtcnn`)."""
+    from falco.faces.mtcnn import mtcnn_model
 
-    return MTCNN(keep_all=True, device=device)
+    return mtcnn_model(device)
 
 
 @dataclass(frozen=True)
@@ -191,13 +188,7 @@ def mtcnn_installed() -> bool:
 
 def mtcnn_available() -> str | None:
     """None when MTCNN can be used, else the reason it cannot."""
-    if importlib.util.find_spec("facenet_pytorch") is None:
-        return f"facenet-pytorch is not installed; install it with: {MTCNN_INSTALL}"
-    try:
-        import facenet_pytorch  # noqa: F401
-    except Exception as exc:  # a broken install must not break the evaluation
-        return f"facenet-pytorch is installed but does not import ({type(exc).__name__}: {exc})"
-    return None
+    return mtcnn_unavailable()
 
 
 def parse_detector_spec(spec: str, upsample: int = 1) -> tuple[str, int]:

@@ -56,7 +56,7 @@ class EvalConfig:
             runs the CNN without upsampling (``cnn:0``): the MMOD CNN finds faces from about
             80 px on its own, and each upsampling quadruples its time and memory on a CPU (``cnn``
             alone takes ``upsample``).
-        recognizers: ``dlib`` and/or ``arcface``.
+        recognizers: ``dlib``, ``arcface`` and/or ``sface``.
         classifiers: ``landmarks`` and/or ``farl-celeba``.
         reference_detector: Detector that finds the real faces when there is no manifest.
         upsample: dlib upsampling for the reference detector and bare dlib detector names.

@@ -2,10 +2,12 @@
 
 ``report.json`` (format ``falco-eval/1``) holds, per compared run under ``runs.<name>``:
 ``detection_rate.<detector>``, ``reid_rate.<recognizer>``, ``rank1_identification.<recognizer>``,
-``landmark_nme``, ``attribute_agreement.<attribute>`` and ``.mean``, ``fid``, ``kid`` (and
-``label_accuracy`` with ``--labels``). Rates are fractions in [0, 1]. Every value is a number
-or ``null``; a ``null`` has its reason in ``not_computed`` under the same dotted key, and
-``counts`` mirrors the metrics with the number of faces each was computed on.
+``landmark_nme``, ``attribute_agreement.<attribute>`` and ``.mean``, ``fid``, ``kid``,
+``region_change.<part>`` (:mod:`falco.evaluation.regions`; the parts it could not measure are
+named in ``details.region_change``) and ``label_accuracy`` with ``--labels``. Rates are
+fractions in [0, 1]. Every value is a number or ``null``; a ``null`` has its reason in
+``not_computed`` under the same dotted key, and ``counts`` mirrors the metrics with the number
+of faces each was computed on.
 
 ``report.md`` is the papers' table (rows = runs, columns = metrics); ``report.html`` adds bar
 charts (inline SVG, no external resources) and an example grid of aligned crops, real next to
@@ -30,7 +32,7 @@ __all__ = ["markdown_table", "write_report"]
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 _DETECTOR_LABEL = {"hog": "HOG", "cnn": "CNN", "mtcnn": "MTCNN"}
-_REC_LABEL = {"dlib": "dlib", "arcface": "ArcFace"}
+_REC_LABEL = {"dlib": "dlib", "arcface": "ArcFace", "sface": "SFace"}
 
 
 def _jsonable(value: Any) -> Any:
@@ -108,6 +110,15 @@ def _attribute_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return names, rows
 
 
+def _region_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-part change table: rows = parts, columns = runs (grey levels; n/a when not computed)."""
+    names = list(data["runs"])
+    parts = list(dict.fromkeys(p for r in data["runs"].values() for p, v in r.get("region_change", {}).items()
+                               if v is not None))
+    rows = [[p] + [_num(data["runs"][n].get("region_change", {}).get(p), 2) for n in names] for p in parts]
+    return names, rows
+
+
 def _missing(data: dict[str, Any]) -> list[str]:
     out = []
     for name, run in data["runs"].items():
@@ -134,19 +145,32 @@ def _method_notes(data: dict[str, Any]) -> list[str]:
         f"Landmark NME: {s['landmark_nme']}. Landmark attributes: {s['attribute_labels']['landmarks']}.",
         f"FID/KID: {s['fid']}; FID over few faces is biased upward, prefer KID for small sets.",
     ]
+    regions = [r["details"]["region_change"] for r in data["runs"].values() if "region_change" in r.get("details", {})]
+    for d in {json.dumps(d, sort_keys=True): d for d in regions}.values():
+        skipped = {}
+        for part, why in d.get("not_computed", {}).items():
+            skipped.setdefault(why, []).append("LPIPS" if part == "lpips" else part)
+        notes.append(f"Change per face part: {d['measure']}; part masks from {d['masks']}. About 0 for parts kept "
+                     "with `falco anonymize --keep`, more for changed parts."
+                     + "".join(f" Not computed: {', '.join(p)}: {why}." for why, p in skipped.items()))
     return notes + list(data.get("notes", []))
+
+
+def _table_section(title: str, first: str, names: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section with one table (runs as columns); nothing when there are no rows."""
+    if not rows:
+        return []
+    return [f"## {title}", "", f"| {first} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
 def _markdown(data: dict[str, Any]) -> str:
     out = [f"# falco evaluation: {len(data['runs'])} run(s) against `{data['real']}`", "",
            f"falco {data['falco']}, {data['created']}. Rates are percentages of the faces counted in `faces` "
            "(see report.json `counts`).", "", markdown_table(data), ""]
-    names, rows = _attribute_rows(data)
-    if rows:
-        out += ["## Attribute agreement (real vs anonymized)", "",
-                "| attribute | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        out.append("")
+    out += _table_section("Attribute agreement (real vs anonymized)", "attribute", *_attribute_rows(data))
+    out += _table_section("Change per face part (mean absolute difference, grey levels 0-255)", "part",
+                          *_region_rows(data))
     out += ["## How the numbers were computed", ""] + [f"- {n}" for n in _method_notes(data)] + [""]
     missing = _missing(data)
     if missing:
@@ -296,6 +320,9 @@ def _html(data: dict[str, Any], files) -> str:
     ]
     if attr_rows:
         parts += ["<h2>Attribute agreement</h2>", _html_table(["attribute"] + names, attr_rows)]
+    names, region_rows = _region_rows(data)
+    if region_rows:
+        parts += ["<h2>Change per face part (grey levels 0-255)</h2>", _html_table(["part"] + names, region_rows)]
     parts += ["<h2>Examples (real | anonymized)</h2>", _examples_html(files),
               "<h2>How the numbers were computed</h2><ul>"
               + "".join(f"<li>{html.escape(n)}</li>" for n in _method_notes(data)) + "</ul>"]

@@ -16,6 +16,7 @@ from falco.evaluation.common import FeatureCache, progress_bar
 from falco.evaluation.detection import box_iou
 from falco.evaluation.landmarks import head_pose, landmark_nme
 from falco.evaluation.pairing import FacePair
+from falco.evaluation.regions import summarise_part_changes
 from falco.evaluation.reid import pair_scores, rank1_identification, same_person
 from falco.evaluation.tools import Tools
 
@@ -52,6 +53,7 @@ def summarise_run(data: RunData, tools: Tools, cache: FeatureCache, *, labels: F
              ("attributes", lambda: _attributes(run, counts, details, missing, data, tools))]
     if labels is not None:
         steps.append(("labels", lambda: _labels(run, counts, details, missing, data, labels)))
+    steps.append(("regions", lambda: _regions(run, counts, details, data, tools)))
     steps.append(("fid/kid", lambda: _quality(run, counts, missing, data, tools)))
     with progress_bar(steps, desc=desc, unit="metric", enabled=progress) as bar:
         for what, step in bar:
@@ -147,6 +149,14 @@ def _labels(run, counts, details, missing, data: RunData, labels: FaceLabels) ->
         missing[f"label_accuracy.{attr}"] = "no classifier predicts this attribute"
     if not acc:
         missing["label_accuracy.mean"] = "no labelled face matched a paired face"
+
+
+def _regions(run, counts, details, data: RunData, tools: Tools) -> None:
+    """How much each face part changed (:mod:`falco.evaluation.regions`)."""
+    summarise_part_changes(run, counts, details, data.part_change, parsing=tools.parser is not None,
+                           parser_problem=tools.parser_problem)
+    for f, row in zip(data.faces, data.part_change, strict=True):
+        f.results["region_change"] = row
 
 
 def _quality(run, counts, missing, data: RunData, tools: Tools) -> None:

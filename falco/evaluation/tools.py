@@ -19,10 +19,11 @@ from falco.evaluation import detection as _detection
 from falco.evaluation.detection import get_eval_detector
 from falco.evaluation.landmarks import LandmarkAttributes
 from falco.evaluation.reid import ArcFaceRecognizer, DlibRecognizer
+from falco.faces.opencv_zoo import SFaceRecognizer
 
 __all__ = ["CLASSIFIERS", "RECOGNIZERS", "Tools", "build_tools"]
 
-RECOGNIZERS = ("dlib", "arcface")
+RECOGNIZERS = ("dlib", "arcface", "sface")
 CLASSIFIERS = ("landmarks", "farl-celeba")
 
 
@@ -34,6 +35,8 @@ class Tools:
     recognizers: dict[str, Any] = field(default_factory=dict)
     classifiers: list[Any] = field(default_factory=list)
     inception: Any = None
+    parser: Any = None  # the face parser for region_change (None: landmark masks, and why in parser_problem)
+    parser_problem: str | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     not_installed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -76,6 +79,12 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
                 tools.notes.append("ArcFace comes from a tiny random model set: its re-identification numbers "
                                    "are not meaningful")
             tools.recognizers["arcface"] = rec
+        elif name == "sface":
+            try:
+                tools.recognizers["sface"] = SFaceRecognizer.from_models(models)
+            except FalcoError as exc:
+                tools._missing("sface re-id", ("reid_rate.sface", "rank1_identification.sface"),
+                               f"SFace not available: {exc}", not isinstance(exc, ModelNotFoundError))
         else:
             raise InputError(f"recognizers: unknown {name!r}; choose from {', '.join(RECOGNIZERS)}")
 
@@ -92,6 +101,7 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
         else:
             raise InputError(f"classifiers: unknown {name!r}; choose from {', '.join(CLASSIFIERS)}")
 
+    _region_parser(tools, models, device)
     if not fid:
         tools.unavailable["fid"] = tools.unavailable["kid"] = "disabled (--no-fid)"
     else:
@@ -101,6 +111,22 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             tools._missing("fid/kid", ("fid", "kid"), f"FID Inception weights not available: {exc}",
                            not isinstance(exc, ModelNotFoundError))
     return tools
+
+
+def _region_parser(tools: Tools, models, device: str) -> None:
+    """The face parser for the per-part change (:mod:`falco.evaluation.regions`), when installed."""
+    from falco.evaluation.regions import PARSER_REASON
+    from falco.models.parsing import load_parser
+    from falco.pretrained.modelset import is_tiny
+
+    try:
+        tools.parser = load_parser(models, device=device)
+    except FalcoError as exc:
+        tools.parser_problem = (PARSER_REASON if isinstance(exc, ModelNotFoundError)
+                                else f"they need the face parser, which could not be loaded: {exc}")
+        return
+    if is_tiny(models):
+        tools.notes.append("the face parser comes from a tiny random model set: its region masks are not meaningful")
 
 
 def _farl_head(models, device: str):

@@ -22,10 +22,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from falco.errors import InputError, ModelNotFoundError
+from falco.faces.checks import Box, check_image
 
 __all__ = [
     "Box",
     "CnnDetector",
+    "DETECTORS",
     "Detector",
     "DlibDetector",
     "HogDetector",
@@ -33,8 +35,6 @@ __all__ = [
     "dlib_model_path",
     "get_detector",
 ]
-
-Box = tuple[int, int, int, int]
 
 #: Environment variable naming a folder that holds the dlib ``.dat`` files (optional).
 MODELS_ENV = "FALCO_DLIB_MODELS"
@@ -53,23 +53,6 @@ class Detector(Protocol):
     def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
         """68 landmarks of the face in ``box``. Shape: ``[68, 2]`` float, ``(x, y)``."""
         ...
-
-
-def check_image(image: object, name: str = "image") -> np.ndarray:
-    """Validate an RGB uint8 image and return it C-contiguous.
-
-    Shape: ``[H, W, 3]``, dtype ``uint8``.
-
-    Raises:
-        InputError: Not a numpy array, wrong dtype, wrong shape or empty.
-    """
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"{name} must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError(f"{name} must have dtype uint8, got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise InputError(f"{name} must have shape [H, W, 3] (RGB), got {list(image.shape)}")
-    return np.ascontiguousarray(image)
 
 
 def dlib_model_path(filename: str) -> Path:
@@ -173,10 +156,31 @@ class CnnDetector(DlibDetector):
 
 
 _DETECTORS: dict[str, type[DlibDetector]] = {"hog": HogDetector, "cnn": CnnDetector}
+_BOX_ONLY = ("yunet", "mtcnn")
+#: Every detector name :func:`get_detector` takes.
+DETECTORS: tuple[str, ...] = ("hog", "cnn", *_BOX_ONLY)
+
+
+def _box_detector(name: str, upsample: int) -> Detector:
+    """YuNet or MTCNN boxes, with dlib's 68 landmarks inside each box (HOG-like square)."""
+    upsample = _check_upsample(upsample)
+    landmarks = DlibDetector(upsample).landmarks
+    if name == "yunet":
+        from falco.faces.opencv_zoo import YunetDetector
+
+        det = YunetDetector(upsample, landmarker=landmarks)
+        det.model_path()  # fail fast when the ONNX file is missing or corrupt
+        return det
+    from falco.faces.mtcnn import MtcnnDetector
+
+    return MtcnnDetector(landmarker=landmarks)
 
 
 def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detector:
-    """Resolve a detector name (``'hog'``, ``'cnn'``) or pass an instance through.
+    """Resolve a detector name (``'hog'``, ``'cnn'``, ``'yunet'``, ``'mtcnn'``) or pass an instance through.
+
+    ``yunet`` (OpenCV zoo, onnxruntime) and ``mtcnn`` (facenet-pytorch) give boxes only; the 68
+    landmarks still come from dlib's shape predictor, so the FFHQ alignment is the same.
 
     ``upsample`` (how many times dlib doubles the image first; each doubling finds faces
     half as large, at four times the cost) applies to named detectors only: an instance
@@ -185,15 +189,19 @@ def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detecto
     Raises:
         InputError: An unknown name, an object without ``detect``/``landmarks``, or a bad
             ``upsample``.
+        ModelNotFoundError: ``mtcnn`` without facenet-pytorch (the message says how to install it).
     """
     if isinstance(detector, str):
-        cls = _DETECTORS.get(detector.lower())
+        name = detector.lower()
+        if name in _BOX_ONLY:
+            return _box_detector(name, upsample)
+        cls = _DETECTORS.get(name)
         if cls is None:
-            raise InputError(f"detector must be one of {sorted(_DETECTORS)} or a Detector, got {detector!r}")
+            raise InputError(f"detector must be one of {DETECTORS} or a Detector, got {detector!r}")
         return cls(upsample=upsample)
     if not isinstance(detector, Detector):
         raise InputError(
-            f"detector must be one of {sorted(_DETECTORS)} or an object with detect() and landmarks(), "
+            f"detector must be one of {DETECTORS} or an object with detect() and landmarks(), "
             f"got {type(detector).__name__}"
         )
     return detector

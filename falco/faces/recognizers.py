@@ -10,6 +10,9 @@
   squared distance of unit embeddings, i.e. cos >= 1 - 1.5 / 2), whose IR-SE50 weights these
   are. FALCO's authors published no threshold of their own
   (https://github.com/chi0tzp/FALCO/issues/13).
+* ``sface``: SFace (OpenCV model zoo, onnxruntime), 128-d embeddings of the face warped onto
+  the ArcFace 5-point 112x112 template; same person when the cosine similarity is **at least
+  0.363** (OpenCV's threshold). Lives in :mod:`falco.faces.opencv_zoo`, re-exported here.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from falco.errors import InputError
 from falco.faces.detect import check_image, dlib_model_path
+from falco.faces.opencv_zoo import SFACE_THRESHOLD, SFaceRecognizer
 
 __all__ = [
     "ARCFACE_THRESHOLD",
@@ -30,6 +34,8 @@ __all__ = [
     "ArcFaceRecognizer",
     "DlibRecognizer",
     "Recognizer",
+    "SFACE_THRESHOLD",
+    "SFaceRecognizer",
     "pair_scores",
     "same_person",
 ]

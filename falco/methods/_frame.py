@@ -15,7 +15,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-__all__ = ["Frame", "crop_padded", "paste_frame"]
+__all__ = ["Frame", "blend_sampled", "crop_padded", "paste_frame", "resize_float"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def paste_frame(photo: np.ndarray, frame: Frame, image: np.ndarray, alpha: np.nd
     gw = min(frame.width, max(int(np.ceil(frame.w)), 1))
     gh = min(frame.height, max(int(np.ceil(frame.h)), 1))
     if (gw, gh) != (frame.width, frame.height):  # the face is small in the photo: shrink first
-        image = np.stack([_resize_f(image[..., c], gw, gh, Image.Resampling.LANCZOS) for c in range(3)], -1)
-        alpha = np.clip(_resize_f(alpha, gw, gh, Image.Resampling.BOX), 0.0, 1.0)
+        image = np.stack([resize_float(image[..., c], gw, gh, Image.Resampling.LANCZOS) for c in range(3)], -1)
+        alpha = np.clip(resize_float(alpha, gw, gh, Image.Resampling.BOX), 0.0, 1.0)
         frame = Frame(frame.x0, frame.y0, frame.w, frame.h, gw, gh)
     y0, y1, x0, x1 = win
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
@@ -115,17 +115,31 @@ def paste_frame(photo: np.ndarray, frame: Frame, image: np.ndarray, alpha: np.nd
     else:
         a = scipy.ndimage.map_coordinates(alpha, coords, order=1, mode="constant", cval=0.0, prefilter=False)
         a = a.reshape(y1 - y0, x1 - x0)
+    return blend_sampled(out, y0, x0, image, coords, a)
+
+
+def blend_sampled(out: np.ndarray, y0: int, x0: int, image: np.ndarray, coords: np.ndarray,
+                  a: np.ndarray) -> np.ndarray:
+    """Blend ``image``, sampled bilinearly at ``coords``, into ``out[y0:y0 + h, x0:x0 + w]`` by ``a``, in place.
+
+    Pixels where the weight is 0 are not written.
+
+    Shape: ``out`` ``[H, W, 3]`` uint8; ``a`` ``[h, w]`` in [0, 1]; ``coords`` ``[2, h * w]``, the
+    (row, column) in ``image`` of each of those pixels, row-major; ``image`` ``[rows, cols, 3]`` float
+    in [0, 255]. Returns ``out``.
+    """
     hit = a > 0
     if not hit.any():
         return out
     sel = coords[:, hit.ravel()]
     new = np.stack([scipy.ndimage.map_coordinates(image[..., c], sel, order=1, mode="nearest", prefilter=False)
                     for c in range(3)], axis=1)
-    view = out[y0:y1, x0:x1]
+    view = out[y0:y0 + a.shape[0], x0:x0 + a.shape[1]]
     old = view[hit].astype(np.float32)
     view[hit] = np.clip(np.rint(old + (new - old) * a[hit][:, None]), 0, 255).astype(np.uint8)
     return out
 
 
-def _resize_f(array: np.ndarray, width: int, height: int, method: Image.Resampling) -> np.ndarray:
+def resize_float(array: np.ndarray, width: int, height: int, method: Image.Resampling) -> np.ndarray:
+    """A 2-D float array resized to ``width x height`` with PIL's ``method`` (in float32)."""
     return np.asarray(Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), "F").resize((width, height), method))

@@ -42,7 +42,7 @@ from PIL import Image
 
 from falco.errors import InputError
 from falco.faces.ffhq import AlignedFace, apply_transform, ffhq_quad, quad_transform
-from falco.methods._frame import crop_padded
+from falco.methods._frame import blend_sampled, crop_padded, resize_float
 from falco.methods.base import (Anonymizer, check_apply_args, check_seed_and_batch, face_seed, load_method_generator,
                                 prepare_all)
 from falco.methods.cover import check_on_fail, paste_or_cover
@@ -162,9 +162,8 @@ def paste_warped(photo: np.ndarray, matrix: np.ndarray, image: np.ndarray, alpha
     k = 2.0 / _scale(matrix)  # grid resolution to sample from: at most twice the face's photo size
     if k < 1.0:
         gw, gh = max(int(np.ceil(w * k)), 2), max(int(np.ceil(h * k)), 2)
-        image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), "F").resize(
-            (gw, gh), Image.Resampling.LANCZOS)) for c in range(3)], -1)
-        alpha = np.clip(np.asarray(Image.fromarray(alpha, "F").resize((gw, gh), Image.Resampling.BOX)), 0.0, 1.0)
+        image = np.stack([resize_float(image[..., c], gw, gh, Image.Resampling.LANCZOS) for c in range(3)], -1)
+        alpha = np.clip(resize_float(alpha, gw, gh, Image.Resampling.BOX), 0.0, 1.0)
         shrink = np.array([[gw / w, 0, 0.5 * gw / w - 0.5], [0, gh / h, 0.5 * gh / h - 0.5], [0, 0, 1.0]])
         matrix = shrink @ matrix
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
@@ -172,17 +171,7 @@ def paste_warped(photo: np.ndarray, matrix: np.ndarray, image: np.ndarray, alpha
     v = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
     coords = np.stack([v.ravel(), u.ravel()])
     a = scipy.ndimage.map_coordinates(alpha, coords, order=1, mode="constant", cval=0.0, prefilter=False)
-    a = a.reshape(y1 - y0, x1 - x0)
-    hit = a > 0
-    if not hit.any():
-        return out
-    sel = coords[:, hit.ravel()]
-    new = np.stack([scipy.ndimage.map_coordinates(image[..., c], sel, order=1, mode="nearest", prefilter=False)
-                    for c in range(3)], axis=1)
-    view = out[y0:y1, x0:x1]
-    old = view[hit].astype(np.float32)
-    view[hit] = np.clip(np.rint(old + (new - old) * a[hit][:, None]), 0, 255).astype(np.uint8)
-    return out
+    return blend_sampled(out, y0, x0, image, coords, a.reshape(y1 - y0, x1 - x0))
 
 
 # ------------------------------------------------------------------- the condition

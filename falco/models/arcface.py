@@ -28,19 +28,8 @@ from torch import nn
 
 from falco.errors import CheckpointError, InputError
 from falco.models import _checkpoint as ckpt_io
-from falco.models.irse import (
-    DEFAULT_WIDTHS,
-    SE_REDUCTION,
-    TINY_UNITS,
-    TINY_WIDTHS,
-    Mode,
-    depth_name,
-    infer_body,
-    l2_norm,
-    make_body,
-    make_input_layer,
-    stage_units,
-)
+from falco.models.irse import (DEFAULT_WIDTHS, SE_REDUCTION, TINY_UNITS, TINY_WIDTHS, Mode, add_trunk, infer_body,
+                               l2_norm)
 
 #: The crop of the identity loss on a 256-px aligned face: rows 35:223, columns 32:220.
 CROP_ROWS = (35, 223)
@@ -81,14 +70,9 @@ class Backbone(nn.Module):
         super().__init__()
         if input_size not in (112, 224):
             raise InputError(f"input_size must be 112 or 224, got {input_size}")
-        self.units = stage_units(num_layers)
-        self.num_layers = depth_name(self.units)
-        self.mode = mode
-        self.widths = tuple(widths)
+        add_trunk(self, num_layers, mode, widths, se_reduction)
         self.input_size = input_size
         self.embedding_dim = embedding_dim
-        self.input_layer = make_input_layer(self.widths[0])
-        self.body = make_body(self.units, mode, self.widths, se_reduction)
         spatial = input_size // 16
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(self.widths[3]),

@@ -37,20 +37,8 @@ from torch import nn
 
 from falco.errors import CheckpointError, InputError
 from falco.models import _checkpoint as ckpt_io
-from falco.models.irse import (
-    DEFAULT_WIDTHS,
-    SE_REDUCTION,
-    TINY_UNITS,
-    TINY_WIDTHS,
-    Mode,
-    depth_name,
-    infer_body,
-    make_body,
-    make_input_layer,
-    stage_ends,
-    stage_units,
-    upsample_add,
-)
+from falco.models.irse import (DEFAULT_WIDTHS, SE_REDUCTION, TINY_UNITS, TINY_WIDTHS, Mode, add_trunk, infer_body,
+                               stage_ends, upsample_add)
 
 #: e4e's input resolution.
 INPUT_SIZE = 256
@@ -141,16 +129,11 @@ class Encoder4Editing(nn.Module):
         super().__init__()
         if n_styles < 1:
             raise InputError(f"n_styles must be >= 1, got {n_styles}")
-        self.units = stage_units(num_layers)
-        self.num_layers = depth_name(self.units)
-        self.mode = mode
-        self.widths = tuple(int(w) for w in widths)
+        add_trunk(self, num_layers, mode, widths, se_reduction)
         self.n_styles = self.style_count = int(n_styles)
         self.w_dim = int(w_dim)
         self.coarse_ind = COARSE_IND
         self.middle_ind = MIDDLE_IND
-        self.input_layer = make_input_layer(self.widths[0])
-        self.body = make_body(self.units, mode, self.widths, se_reduction)
         _, self._c1, self._c2, self._c3 = stage_ends(self.units)
         fpn = self.widths[3]
         self.styles = nn.ModuleList()

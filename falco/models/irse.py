@@ -178,6 +178,18 @@ def make_body(
     return nn.Sequential(*modules)
 
 
+def add_trunk(net: nn.Module, num_layers: int | Sequence[int], mode: Mode, widths: Sequence[int],
+              se_reduction: int) -> None:
+    """Give ``net`` the stem and residual units (``input_layer``, ``body``), and record ``units``,
+    ``num_layers`` (the standard depth, else the stage lengths), ``mode`` and ``widths`` on it."""
+    net.units = stage_units(num_layers)
+    net.num_layers = depth_name(net.units)
+    net.mode = mode
+    net.widths = tuple(int(w) for w in widths)
+    net.input_layer = make_input_layer(net.widths[0])
+    net.body = make_body(net.units, mode, net.widths, se_reduction)
+
+
 def stage_ends(num_layers: int | Sequence[int]) -> tuple[int, ...]:
     """Index in ``body`` of the last unit of each stage (``(2, 6, 20, 23)`` for depth 50)."""
     ends, total = [], 0

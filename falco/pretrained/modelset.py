@@ -279,16 +279,17 @@ def _forget_hash(cache_dir: Path, path: Path) -> None:
 
 # ------------------------------------------------------------------- locating files
 def package_file(entry: ModelEntry) -> Path | None:
-    """Path of a PyPI entry's file inside its installed package, or None when not installed.
+    """Path of a PyPI entry's file (or its ``package_mirror`` copy) inside the installed package, else None.
 
     Uses ``importlib.util.find_spec`` so the package is located without being imported
     (``face_recognition_models`` imports ``pkg_resources`` at import time, which recent
     setuptools no longer ships).
     """
-    if not entry.is_pypi:
+    package = entry.package or entry.package_mirror
+    if not package:
         return None
     try:
-        spec = importlib.util.find_spec(entry.package or "")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
@@ -324,7 +325,7 @@ def locate(name_or_role: str, models_dir_override: str | os.PathLike[str] | None
     candidate = directory / _filename_in_set(entry, manifest)
     if candidate.is_file():
         return entry, candidate
-    if entry.is_pypi:
+    if entry.is_pypi or entry.package_mirror:
         return entry, package_file(entry)
     return entry, None
 

