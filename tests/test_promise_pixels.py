@@ -44,6 +44,22 @@ def test_channels_keep_their_order_and_layout():
     torch.testing.assert_close(x[0], x_by_hand, atol=1e-7, rtol=0)
 
 
+def test_resizing_to_the_encoder_size_is_an_antialiased_bilinear_resize_like_pillows():
+    """A face of another size is resized as Pillow's BILINEAR resize does it (a triangle filter widened
+    when shrinking); Pillow rounds to uint8, so the two agree to within one grey level."""
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (2, 512, 384, 3), dtype=np.uint8)  # shrunk, not square
+    small = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)  # one face, enlarged
+    for batch, got in ((faces, to_tensor(faces)), (small[None], to_tensor(small, size=256))):
+        assert got.shape == (len(batch), 3, 256, 256) and got.dtype == torch.float32
+        pil = np.stack([np.asarray(Image.fromarray(f).resize((256, 256), Image.Resampling.BILINEAR)) for f in batch])
+        expected = torch.from_numpy(pil).permute(0, 3, 1, 2).double() / 127.5 - 1
+        err = (got.double() - expected).abs()
+        assert err.max() <= 1.0 / 127.5 + 1e-6, err.max() * 127.5  # measured 0.99 levels at most
+        assert err.mean() < 0.4 / 127.5  # measured 0.28 levels (rounding)
+    assert to_tensor(faces, size=64).shape == (2, 3, 64, 64)
+
+
 def test_the_quantiser_inverts_the_normalisation_exactly():
     levels = np.arange(256, dtype=np.uint8)
     img = np.ascontiguousarray(np.broadcast_to(levels.reshape(16, 16)[None, :, :, None], (1, 16, 16, 3)))
