@@ -20,6 +20,8 @@ the height with ``q1``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -250,7 +252,9 @@ def test_a_hard_edged_mask_is_the_hull_of_the_landmarks_and_the_raised_brows(nos
     xy = np.stack([cols.ravel(), rows.ravel()], axis=1)
     # signed distance to the hull's edge lines; inside a convex hull every one is negative
     dist = (xy @ hull.equations[:, :2].T + hull.equations[:, 2]).max(axis=1).reshape(size, size)
-    mask = face_mask(face, size, feather=0.0, forehead=forehead)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a hard edge is drawn, not a ramp of zero width (no division by zero)
+        mask = face_mask(face, size, feather=0.0, forehead=forehead)
     assert set(np.unique(mask)) == {0.0, 1.0}
     inside, outside = dist < -1.0, dist > 1.0
     assert inside.sum() > 0.4 * size * size
@@ -264,7 +268,8 @@ def test_a_hard_edged_mask_is_the_hull_of_the_landmarks_and_the_raised_brows(nos
 
 @pytest.mark.parametrize("kwargs, name", [
     ({"feather": 0.51}, "feather"), ({"feather": -0.01}, "feather"), ({"feather": True}, "feather"),
-    ({"forehead": 3.01}, "forehead"), ({"forehead": -1.0}, "forehead"),
+    ({"feather": "0.1"}, "feather"), ({"forehead": 3.01}, "forehead"), ({"forehead": -1.0}, "forehead"),
+    ({"forehead": True}, "forehead"),
     ({"size": 0}, "size"), ({"size": 64.0}, "size"), ({"size": True}, "size"),
 ])
 def test_mask_parameters_out_of_range_are_refused_by_name(kwargs, name):
@@ -323,3 +328,42 @@ def test_a_custom_mask_that_is_not_square_or_not_in_0_1_is_refused(bad):
         paste_back(photo, face, face.image, mask=bad)
     with pytest.raises(InputError, match="mask"):
         photo_mask(face, photo.shape, mask=bad)
+
+
+def test_the_mask_fades_to_zero_across_feather_at_every_crop_border():
+    """Where the region itself is solid (its hull edge more than half a feather away), the mask is the
+    crop-border fade alone: smoothstep(e / w) across rows times the same across columns, ``e`` the
+    distance of a pixel centre to the nearest crop edge and ``w = feather * size``. A face whose jaw,
+    brows and nose (0-35) are stretched 2x about its centre spills over every border of the crop (the
+    crop's quad depends only on the eyes and the mouth), so all four borders are checked."""
+    from scipy.spatial import ConvexHull
+
+    c = np.array([200.0, 200.0])
+    lm = synthetic_landmarks(tuple(c), 1.0, 0.0)
+    lm[:36] = c + 2.0 * (lm[:36] - c)
+    face = align_face(np.zeros((400, 400, 3), np.uint8), lm)
+    size, feather, forehead = 256, 0.1, 1.0
+    w = feather * size
+    mask = face_mask(face, size, feather=feather, forehead=forehead)
+    # the region's hull in crop pixel centres, and each pixel's distance inside it
+    up = lm[36:48].mean(axis=0) - (lm[48] + lm[54]) / 2
+    pts = np.concatenate([lm, lm[17:27] + forehead * up])
+    q, s = face.quad, face.quad_size
+    ex, ey = (q[3] - q[0]) / s, (q[1] - q[0]) / s
+    hull = ConvexHull(np.stack([(pts - q[0]) @ ex, (pts - q[0]) @ ey], axis=1) / s * size - 0.5)
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    depth = -(np.stack([cols.ravel(), rows.ravel()], 1) @ hull.equations[:, :2].T + hull.equations[:, 2]).max(1)
+    solid = depth.reshape(size, size) > w / 2 + 2
+    # the fade, by hand
+    idx = np.arange(size, dtype=np.float64)
+    t = np.clip(np.minimum(idx + 0.5, size - 0.5 - idx) / w, 0.0, 1.0)
+    fade = 3 * t**2 - 2 * t**3
+    expected = fade[:, None] * fade[None, :]
+    for name, band in (("top", solid[:20]), ("bottom", solid[-20:]), ("left", solid[:, :20]), ("right", solid[:, -20:])):
+        assert band.sum() > 1000, name  # each border is checked over a long stretch
+    assert solid.mean() > 0.5
+    np.testing.assert_allclose(mask[solid], expected[solid], rtol=0, atol=1e-6)
+    # and nowhere does the outermost ring of pixels get more than the fade's first step
+    t0 = 0.5 / w
+    ring = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    assert ring.max() <= 3 * t0**2 - 2 * t0**3 + 1e-7
