@@ -303,3 +303,202 @@ def test_invert_is_encode_then_adam_refinement_in_batches(tiny_nets):
         invert(x[:, :2], E, G, latent_avg=avg)
     with pytest.raises(InputError, match="images"):
         invert(x[0], E, G, latent_avg=avg)
+
+
+# ----------------------------------------------------------------------------- to_tensor's input checks
+def test_to_tensor_resizes_faces_with_one_side_already_at_size():
+    rng = np.random.default_rng(1)
+    for shape in ((1, 256, 300, 3), (1, 300, 256, 3)):
+        faces = rng.integers(0, 256, shape, dtype=np.uint8)
+        got = to_tensor(faces)
+        assert got.shape == (1, 3, 256, 256)
+        pil = np.array(Image.fromarray(faces[0]).resize((256, 256), Image.Resampling.BILINEAR))
+        expected = torch.from_numpy(pil).permute(2, 0, 1).double() / 127.5 - 1
+        assert (got[0].double() - expected).abs().max() <= 1.0 / 127.5 + 1e-6
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, 8, 8, 4), np.uint8),
+                                 np.zeros((1, 1, 8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+def test_to_tensor_refuses_anything_but_uint8_rgb(bad):
+    with pytest.raises(InputError, match="uint8"):
+        to_tensor(bad, size=8)
+
+
+def test_to_tensor_puts_the_faces_on_the_device_it_is_given():
+    faces = np.zeros((2, 8, 8, 3), np.uint8)
+    assert to_tensor(faces, size=8, device="meta").device.type == "meta"  # a device without data: no copy back
+    assert to_tensor(faces, size=8).device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------- more of falco.latent.invert
+def test_encode_returns_the_encoders_dtype_whatever_latent_avg_is(tiny_nets):
+    from falco.latent.invert import encode
+
+    E, avg = tiny_nets["E"], tiny_nets["latent_avg"]
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        ws = encode(E, x, avg.double())
+        assert ws.dtype == torch.float32
+        torch.testing.assert_close(ws, E(x) + avg[None], rtol=0, atol=1e-6)
+
+
+class _RecordingEncoder(torch.nn.Module):
+    """Stands in for e4e: codes of zeros, and the batch size of every call."""
+
+    def __init__(self, num_ws: int, w_dim: int):
+        super().__init__()
+        self.num_ws, self.w_dim, self.batches = num_ws, w_dim, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return torch.zeros(x.shape[0], self.num_ws, self.w_dim) + x.mean(dim=(1, 2, 3))[:, None, None]
+
+
+def test_invert_runs_the_encoder_8_faces_at_a_time_by_default(tiny_nets):
+    from falco.latent.invert import invert
+
+    G, avg = tiny_nets["G"], tiny_nets["latent_avg"]
+    x = torch.linspace(-1, 1, 11)[:, None, None, None].expand(11, 3, 4, 4)  # 11 faces, each one grey level
+    E = _RecordingEncoder(G.num_ws, G.w_dim)
+    ws = invert(x, E, G, latent_avg=avg)
+    assert E.batches == [8, 3]
+    torch.testing.assert_close(ws, torch.linspace(-1, 1, 11)[:, None, None] + avg[None], rtol=0, atol=1e-6)  # in order
+    E.batches.clear()
+    invert(x, E, G, latent_avg=avg, batch_size=4)
+    assert E.batches == [4, 4, 3]
+
+
+def test_refinement_defaults_are_lr_0_01_and_id_weight_0_1(refine_case, tiny_nets):
+    """The documented defaults of ``refine`` and ``invert`` (lr 0.01; identity weight 0.1)."""
+    from falco.latent.invert import invert, refine
+
+    G, x, ws0 = refine_case
+    idE = tiny_nets["id_encoder"]
+    out = refine(x, ws0, G, steps=1, id_encoder=idE)
+    torch.testing.assert_close(out, _adam_by_hand(G, ws0, x, 1, 0.01, idE, 0.1), rtol=0, atol=1e-5)
+    torch.testing.assert_close((out - ws0).abs(), torch.full_like(ws0, 0.01), rtol=0, atol=1e-5)
+    E = _RecordingEncoder(G.num_ws, G.w_dim)
+    with torch.no_grad():
+        start = E(x) + tiny_nets["latent_avg"][None]
+    refined = invert(x, E, G, latent_avg=tiny_nets["latent_avg"], refine_steps=1, id_encoder=idE)
+    torch.testing.assert_close(refined, _adam_by_hand(G, start, x, 1, 0.01, idE, 0.1), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- decoding and writing photos
+def _tiff(tmp_path, name: str, array: np.ndarray, mode: str):
+    path = tmp_path / name
+    Image.fromarray(array, mode).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode  # the file really holds that kind of pixels
+    return path
+
+
+def _grey_rgb(out: np.ndarray, expected) -> None:
+    assert out.dtype == np.uint8 and out.shape == np.shape(expected) + (3,)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], np.asarray(expected, dtype=np.uint8))
+
+
+def test_32_bit_integer_images_are_read_as_8_bit_when_they_fit_else_scaled_by_257(tmp_path):
+    from falco.run.image_files import load_image
+
+    # max <= 255: 8-bit data stored in 32 bits, used as it is (negatives clip to 0)
+    small = np.array([[0, 100, 255], [-7, 3, 200]], np.int32)
+    _grey_rgb(load_image(_tiff(tmp_path, "small.tif", small, "I")), [[0, 100, 255], [0, 3, 200]])
+    # max above 255: 16-bit-like data, round(v / 257), clipped to 255
+    big = np.array([[0, 256, 257 * 100], [65535, 1_000_000, 514]], np.int32)
+    _grey_rgb(load_image(_tiff(tmp_path, "big.tif", big, "I")), [[0, 1, 100], [255, 255, 2]])
+
+
+def test_16_bit_images_are_always_scaled_by_257(tmp_path):
+    from falco.run.image_files import load_image
+
+    dim = np.array([[0, 100, 255], [128, 129, 200]], np.uint16)  # 16-bit data that happens to be dark
+    path = tmp_path / "dim.png"
+    Image.fromarray(dim).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    _grey_rgb(load_image(path), [[0, 0, 1], [0, 1, 1]])  # round(v / 257), not v
+
+
+def test_float_images_in_0_1_are_scaled_by_255_others_used_as_they_are(tmp_path):
+    from falco.run.image_files import load_image
+
+    unit = np.array([[0.0, 0.5, 1.0], [np.nan, 0.2, 0.6]], np.float32)  # max exactly 1: scaled; NaN reads as 0
+    _grey_rgb(load_image(_tiff(tmp_path, "unit.tif", unit, "F")), [[0, 128, 255], [0, 51, 153]])
+    wide = np.array([[0.0, 100.4, 300.0], [-5.0, np.nan, 2.0]], np.float32)
+    _grey_rgb(load_image(_tiff(tmp_path, "wide.tif", wide, "F")), [[0, 100, 255], [0, 0, 2]])
+    two = np.array([[0.0, 2.0], [1.5, 0.5]], np.float32)  # max 2: already 0..255 data, not scaled
+    _grey_rgb(load_image(_tiff(tmp_path, "two.tif", two, "F")), [[0, 2], [2, 0]])
+
+
+def test_one_pixel_wide_images_load_and_save(tmp_path):
+    from falco.run.image_files import load_image, save_image
+
+    for shape in ((1, 5, 3), (5, 1, 3), (1, 1, 3)):
+        img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        path = save_image(tmp_path / f"{shape[0]}x{shape[1]}.png", img)
+        np.testing.assert_array_equal(load_image(path), img)
+    np.testing.assert_array_equal(load_image(tmp_path / "1x1.png", max_pixels=1).shape, (1, 1, 3))  # the bound is inclusive
+
+
+def test_a_one_byte_file_is_not_an_image_rather_than_empty(tmp_path):
+    from falco.errors import ImageLoadError
+    from falco.run.image_files import load_image
+
+    (tmp_path / "one.png").write_bytes(b"\x89")
+    with pytest.raises(ImageLoadError, match="not an image"):
+        load_image(tmp_path / "one.png")
+
+
+def _pillow_bytes(img: np.ndarray, fmt: str, **kwargs) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_jpeg_and_webp_are_written_with_the_documented_settings(tmp_path):
+    """save_image's docstring: quality 95 by default, JPEG 4:4:4 chroma at quality >= 90 (Pillow's
+    subsampling 0) and 4:2:0 below (2), nothing else in the file: the bytes equal Pillow's own."""
+    from falco.run.image_files import save_image
+
+    img = np.random.default_rng(4).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    assert save_image(tmp_path / "d.jpg", img).read_bytes() == _pillow_bytes(img, "JPEG", quality=95, subsampling=0)
+    for q, ss in ((100, 0), (90, 0), (89, 2), (1, 2)):
+        got = save_image(tmp_path / f"q{q}.jpg", img, quality=q).read_bytes()
+        assert got == _pillow_bytes(img, "JPEG", quality=q, subsampling=ss), q
+    assert _pillow_bytes(img, "JPEG", quality=90, subsampling=0) != _pillow_bytes(img, "JPEG", quality=90, subsampling=2)
+    for q in (95, 40, 1, 100):
+        got = save_image(tmp_path / f"q{q}.webp", img, quality=q).read_bytes()
+        assert got == _pillow_bytes(img, "WEBP", quality=q), q
+    assert save_image(tmp_path / "d.webp", img).read_bytes() == _pillow_bytes(img, "WEBP", quality=95)
+    assert _pillow_bytes(img, "WEBP", quality=95) != _pillow_bytes(img, "WEBP")  # Pillow's own default is not 95
+    # lossless formats ignore quality: a PNG is Pillow's PNG
+    assert save_image(tmp_path / "p.png", img, quality=1).read_bytes() == _pillow_bytes(img, "PNG")
+
+
+def test_tif_is_an_alias_of_tiff_and_jpg_of_jpeg(tmp_path):
+    from falco.run.image_files import save_image
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    for fmt, expected in (("tif", "TIFF"), ("TIF", "TIFF"), ("jpg", "JPEG"), ("tiff", "TIFF")):
+        path = save_image(tmp_path / f"out-{fmt}", img, format=fmt)
+        with Image.open(path) as im:
+            assert im.format == expected, fmt
+
+
+def test_save_image_flushes_the_file_to_disk_before_renaming(tmp_path, monkeypatch):
+    """"Readers see the old file or the new one": the new bytes are fsynced before os.replace."""
+    import os
+
+    import falco.run.atomic as atomic
+    from falco.run.image_files import save_image
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert events[:1] == ["fsync"] and "replace" in events and events.index("fsync") < events.index("replace")
