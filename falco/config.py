@@ -92,6 +92,13 @@ class AnonymizeConfig:
     region_feather: float = DEFAULT_FEATHER
     region_masks: str = "auto"
     progress: bool = True
+    # videos (see falco.run.video): encoding, tracking, per-track identity, resumable segments
+    codec: str | None = None
+    crf: int = 18
+    keep_metadata: bool = False
+    detect_every: int = 1
+    video_steps: int = 10
+    video_segment: int = 120
 
     def __post_init__(self) -> None:
         from falco.export import check_export
@@ -109,6 +116,10 @@ class AnonymizeConfig:
         if not isinstance(self.falco, FalcoParams):
             raise InputError(f"falco must be FalcoParams, got {type(self.falco).__name__}")
         self._check_regions()
+        for name, low in (("crf", 0), ("detect_every", 1), ("video_steps", 0), ("video_segment", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
 
     def _check_regions(self) -> None:
         """``keep``/``change``: names (or a comma-separated string) of parts and groups, not both."""

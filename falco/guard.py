@@ -9,9 +9,11 @@ After an anonymizer has handled a photo, the guard
    and by a solid mask if even that matches (no pixel of the region is left; a recogniser that
    still matches then sees only the surroundings, typical of a false detection); without a
    mask to fall back on, a face that still matches is *unsafe*;
-2. runs detection again on the output (HOG at one more level of upsampling than the first
-   pass, optionally dlib's CNN): a face found there that overlaps no anonymized or kept face
-   is a detector miss of the first pass and is covered by the fallback.
+2. runs detection again on the output, at one more level of upsampling than the first pass and,
+   where one is available, with a detector of another family (first pass dlib HOG/CNN: YuNet,
+   else SCRFD, else MTCNN; first pass YuNet/SCRFD/MTCNN: dlib's HOG; ``settings()["redetect"]``
+   records which and why): a face found there that overlaps no anonymized or kept face is a
+   detector miss of the first pass and is covered by the fallback.
 
 Verdicts per face: ``safe`` (the method's output passed), ``redone`` (passed after the
 re-do), ``fallback`` (covered by the fallback, no longer matches), ``unsafe`` (still matches
@@ -76,14 +78,16 @@ class IdentityCheck:
 
 
 class Recognizers:
-    """The recognisers the guard uses: dlib always, ArcFace when real weights are installed, SFace when given."""
+    """The recognisers the guard uses: dlib always, ArcFace when real weights are installed, SFace and
+    insightface's ArcFace ONNX when given."""
 
-    def __init__(self, arcface: Any | None = None, sface: Any | None = None) -> None:
+    def __init__(self, arcface: Any | None = None, sface: Any | None = None, insightface: Any | None = None) -> None:
         from falco.faces.recognizers import DlibRecognizer
 
         self.dlib = DlibRecognizer()
         self.arcface = arcface
         self.sface = sface  # a second opinion (cosine >= 0.363), e.g. SFaceRecognizer.from_models()
+        self.insightface = insightface  # another (cosine >= 0.28), InsightfaceRecognizer.from_models()
 
     def check(self, original: np.ndarray, output: np.ndarray, face: AlignedFace) -> list[IdentityCheck]:
         """Compare the face in ``original`` with the same place in ``output``."""
@@ -109,11 +113,14 @@ class Recognizers:
             same = same_person(self.arcface, c)
             for i in range(len(faces)):
                 checks[i].append(IdentityCheck("arcface", round(float(c[i]), 4), bool(same[i])))
-        if self.sface is not None:
-            s = pair_scores(self.sface, self.sface.embed(original, landmarks), self.sface.embed(output, landmarks))
-            same = same_person(self.sface, s)
+        for name in ("sface", "insightface"):  # 5-point recognisers on the same landmarks
+            rec = getattr(self, name, None)
+            if rec is None:
+                continue
+            s = pair_scores(rec, rec.embed(original, landmarks), rec.embed(output, landmarks))
+            same = same_person(rec, s)
             for i in range(len(faces)):
-                checks[i].append(IdentityCheck("sface", round(float(s[i]), 4), bool(same[i])))
+                checks[i].append(IdentityCheck(name, round(float(s[i]), 4), bool(same[i])))
         return checks
 
 
@@ -156,6 +163,7 @@ class PrivacyGuard:
         self.mode, self.recognizers, self.fallback, self.detect, self.min_iou = mode, recognizers, fallback, detect, min_iou
         self.last_resort = last_resort
         self.fallback_name = fallback_name
+        self.redetect: dict | None = None  # which detector ``detect`` runs, and why (set by make_guard)
 
     def _rule(self, name: str) -> str:
         """How recogniser ``name``'s score reads, e.g. ``'distance, same person below 0.6'``."""
@@ -192,8 +200,11 @@ class PrivacyGuard:
     def settings(self) -> dict:
         out = {"mode": self.mode, "dlib_threshold": self.recognizers.dlib.threshold,
                "arcface": self.recognizers.arcface is not None, "min_iou": self.min_iou}
-        if getattr(self.recognizers, "sface", None) is not None:
-            out["sface"] = True
+        for name in ("sface", "insightface"):
+            if getattr(self.recognizers, name, None) is not None:
+                out[name] = True
+        if self.redetect:
+            out["redetect"] = self.redetect
         return out
 
     def _matches(self, original, output, face) -> tuple[bool, list[IdentityCheck]]:

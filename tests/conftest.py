@@ -30,6 +30,23 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def require_insightface() -> None:
+    """Skip the test when insightface (``pip install --no-deps insightface==2.1``) does not import; fail under CI=true."""
+    from falco.faces.insightface_zoo import insightface_unavailable
+
+    reason = insightface_unavailable()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def insightface_installed() -> None:
+    """:func:`require_insightface` as a fixture."""
+    require_insightface()
+
+
 def load_fixture(name: str) -> dict:
     """torch.load a parity fixture from ../shared/fixtures with weights_only=True."""
     import torch
@@ -186,6 +203,18 @@ def tiny_nets(tiny_models) -> dict:
     E, latent_avg = load_role("encoder", tiny_models)
     return dict(G=G, E=E, latent_avg=latent_avg, id_encoder=load_role("identity", tiny_models),
                 farl=load_role("attributes", tiny_models))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eval_cache_in_tmp(tmp_path_factory):
+    """`falco eval-attributes` caches the real side on disk by default: keep the suite's out of ~/.cache."""
+    old = os.environ.get("FALCO_EVAL_CACHE")
+    os.environ["FALCO_EVAL_CACHE"] = str(tmp_path_factory.mktemp("eval-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FALCO_EVAL_CACHE", None)
+    else:
+        os.environ["FALCO_EVAL_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -176,3 +176,109 @@ def test_face_seed_depends_on_seed_and_face(group):
     assert face_seed(0, faces[0]) == face_seed(0, faces[0])
     assert face_seed(0, faces[0]) != face_seed(1, faces[0])
     assert len({face_seed(0, f) for f in faces}) == len(faces)
+
+
+# ------------------------------------------------------------------ the papers' presets
+@pytest.fixture(scope="module")
+def celeba_face():
+    """A CIAGAN clr crop (178 x 218) of the shared CelebA identities and its face."""
+    from falco.align import detect_and_align
+    from falco.run.image_files import load_image
+    from tests.conftest import shared_path
+
+    photo = load_image(sorted(shared_path("data", "celeba-ids", "clr", "0").glob("*.jpg"))[0])
+    faces = detect_and_align(photo, size=256)
+    assert len(faces) == 1
+    return photo, faces[0]
+
+
+@pytest.mark.parametrize("preset", ["ciagan-9x9", "ciagan-17x17"])
+def test_ciagan_blur_filters_the_whole_crop(celeba_face, preset):
+    import cv2
+
+    from falco.methods.classic import ciagan_test_crop, ciagan_window
+
+    photo, face = celeba_face
+    out, records = get_anonymizer("blur", preset=preset).apply(photo, [face], [None])
+    x0, y0, x1, y1 = records[0]["region"]
+    assert (x0, y0, x1, y1) == tuple(int(round(v)) for v in ciagan_window(face.landmarks))
+    outside = np.ones(photo.shape[:2], bool)
+    outside[max(0, y0):y1, max(0, x0):x1] = False
+    assert np.array_equal(out[outside], photo[outside])
+    k = int(preset.split("-")[1].split("x")[0])
+    # what the evaluation sees: CIAGAN's test crop of the output ~ the paper's blur of the real test crop
+    crop = ciagan_test_crop(photo).astype(float)
+    want = cv2.GaussianBlur(ciagan_test_crop(photo), (k, k), 0).astype(float)
+    got = ciagan_test_crop(out).astype(float)[8:-8, 8:-8]
+    assert np.abs(got - want[8:-8, 8:-8]).mean() < 0.35 * np.abs(crop[8:-8, 8:-8] - want[8:-8, 8:-8]).mean()
+    settings = get_anonymizer("blur", preset=preset).settings()
+    assert settings["region"] == "ciagan-crop" and settings["size"] == k and "CIAGAN" in settings["source"]
+
+
+def test_ciagan_pixelate_uses_block_size_in_crop_pixels(celeba_face):
+    from falco.methods.classic import ciagan_test_crop
+
+    photo, face = celeba_face
+    for preset, side in (("ciagan-16x16", 16), ("ciagan-8x8", 8)):
+        out, _ = get_anonymizer("pixelate", preset=preset).apply(photo, [face], [None])
+        crop = ciagan_test_crop(out).astype(float)
+        # flat blocks of `side` px: the change between rows sits on 128 / side - 1 block edges
+        for axis in (0, 1):
+            rows = np.sort(np.abs(np.diff(crop, axis=axis)).mean(axis=(1 - axis, 2)))[::-1]
+            edges = 128 // side - 1
+            # (each edge spreads over about two rows after CIAGAN's Lanczos resampling)
+            assert rows[:2 * edges].sum() > 0.7 * rows.sum(), (preset, axis)
+            assert rows[edges - 1] > 5 * rows[3 * edges], (preset, axis)
+
+
+def test_deepprivacy_presets_filter_the_box(celeba_face):
+    import cv2
+
+    photo, face = celeba_face
+    x0, y0, x1, y1 = (max(0, int(face.box[0])), max(0, int(face.box[1])), min(photo.shape[1], int(face.box[2])),
+                      min(photo.shape[0], int(face.box[3])))
+    box = np.ascontiguousarray(photo[y0:y1, x0:x1])
+    want = {"deepprivacy-8x8": cv2.resize(cv2.resize(box, (8, 8)), (x1 - x0, y1 - y0)),
+            "deepprivacy-16x16": cv2.resize(cv2.resize(box, (16, 16)), (x1 - x0, y1 - y0)),
+            "deepprivacy-heavy": cv2.blur(box, (max(1, int(0.3 * (x1 - x0))),) * 2),
+            "deepprivacy-gaussian": cv2.GaussianBlur(box, (9, 9), sigmaX=3, sigmaY=3)}
+    for preset, expected in want.items():
+        method = "pixelate" if preset.endswith("x8") or preset.endswith("x16") else "blur"
+        out, records = get_anonymizer(method, preset=preset).apply(photo, [face], [None])
+        assert records[0]["region"] == [x0, y0, x1, y1]
+        assert np.array_equal(out[y0:y1, x0:x1], expected), preset
+        rest = np.ones(photo.shape[:2], bool)
+        rest[y0:y1, x0:x1] = False
+        assert np.array_equal(out[rest], photo[rest])
+
+
+def test_pixelate_block_size(group):
+    photo, faces = group
+    out, records = get_anonymizer("pixelate", block_size=6).apply(photo, faces[:1], [None])
+    (y0, y1, x0, x1), alpha = region(photo.shape, faces[0])
+    assert records[0]["block_size"] == 6 and records[0]["blocks"] == [-(-(x1 - x0) // 6), -(-(y1 - y0) // 6)]
+    inner = out[y0:y1, x0:x1][alpha >= 0.99]
+    assert 1 < len(np.unique(inner.reshape(-1, 3), axis=0)) <= records[0]["blocks"][0] * records[0]["blocks"][1]
+    assert np.array_equal(out[y0:y1, x0:x1][alpha == 0], photo[y0:y1, x0:x1][alpha == 0])
+    assert get_anonymizer("pixelate").settings()["blocks"] == 16  # the default is unchanged
+
+
+def test_paper_preset_errors():
+    with pytest.raises(InputError, match="one of blocks, block_size or preset"):
+        get_anonymizer("pixelate", blocks=8, block_size=4)
+    with pytest.raises(InputError, match="block_size .* 2..256, got 1"):
+        get_anonymizer("pixelate", block_size=1)
+    with pytest.raises(InputError, match="pixelate preset must be one of ciagan-16x16.*got 'ciagan-9x9'"):
+        get_anonymizer("pixelate", preset="ciagan-9x9")
+    with pytest.raises(InputError, match="blur preset.*ciagan-9x9.*'ciagan-16x16'"):
+        get_anonymizer("blur", preset="ciagan-16x16")
+
+
+def test_anonymize_cli_takes_the_presets(tmp_path):
+    from typer.testing import CliRunner
+
+    from falco.cli import app
+
+    result = CliRunner().invoke(app, ["anonymize", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "blur",
+                                      "--blur-preset", "ciagan-9x9", "--pixelate-preset", "ciagan-8x8"])
+    assert result.exit_code != 0 and "not both" in (result.output + str(result.exception))

@@ -123,8 +123,12 @@ def test_keep_identity_keeps_one_person(tmp_path):
     assert not summary.failed
     with RunManifest(out) as m:
         faces = m.faces()
-    status = {f["source"]: f["status"] for f in faces}
-    assert len(status) == 10
+    # the guard re-detects with another detector family (YuNet after HOG) and may find a small
+    # background face HOG missed (one in p1's 004568.jpg): covered, with its own "missed" row
+    missed = [f for f in faces if f["status"] == "missed"]
+    assert all(not f["source"].startswith("p0_") for f in missed), missed
+    status = {f["source"]: f["status"] for f in faces if f["status"] != "missed"}
+    assert len(status) == 10 and len(faces) == 10 + len(missed)
     for source, st in status.items():
         assert st == ("kept" if source.startswith("p0_") else "done"), (source, st)
         same = np.array_equal(load_image(src / source), load_image(out / Path(source).with_suffix(".png")))

@@ -206,17 +206,23 @@ def test_change_mouth_lips_changes_only_the_mouth(photo_dir, tiny_models, tmp_pa
     assert rows[0]["regions"]["change"] == ["mouth", "lips"]
 
 
-@pytest.mark.slow  # three FALCO runs (about 30 s on 2 CPU cores)
+@pytest.mark.slow  # four FALCO runs (about 40 s on 2 CPU cores)
 def test_falco_keep_eyes_brows(photo_dir, tiny_models, tiny_bank, tmp_path):
     original = load_image(photo_dir / PHOTO)
     common = dict(bank=tiny_bank, falco=FalcoParams(steps=1), guard="off")
     plain, _, _ = _run(photo_dir, tmp_path / "plain", tiny_models, **common)
+    # --region-focus 0: the paper's loss, so elsewhere the photo is exactly FALCO's own output
     out, rows, _ = _run(photo_dir, tmp_path / "keep", tiny_models, keep="eyes-brows", region_masks="landmarks",
-                        **common)
+                        **{**common, "falco": FalcoParams(steps=1, region_focus=0.0)})
     faces = _faces(rows)
     _assert_kept_and_changed(original, out, faces, "eyes-brows")
     w = regions_weights(faces, original.shape, "eyes-brows")
-    np.testing.assert_array_equal(out[w == 0], plain[w == 0])  # elsewhere exactly FALCO's own output
+    np.testing.assert_array_equal(out[w == 0], plain[w == 0])
+    # the default focus: the attribute loss favours the kept parts, so the optimised faces differ
+    focused, rows, _ = _run(photo_dir, tmp_path / "focus", tiny_models, keep="eyes-brows", region_masks="landmarks",
+                            **common)
+    _assert_kept_and_changed(original, focused, _faces(rows), "eyes-brows")
+    assert not np.array_equal(focused[w == 0], plain[w == 0])
     _run(photo_dir, tmp_path / "nothing", tiny_models, keep="nothing", **common)
     name = Path(PHOTO).with_suffix(".png")
     assert (tmp_path / "nothing" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
@@ -387,3 +393,11 @@ def test_eval_reports_about_zero_for_kept_parts_and_more_for_changed_ones(photo_
     md = paths["md"].read_text()
     assert "## Change per face part" in md and "| eyes | 0.00 | 0.00 |" in md
     assert '"region_change"' in paths["json"].read_text()
+    # the choice is read back from each run's manifest and checked: parts from the photo ~0, the rest changed
+    for name in ("keep", "change"):
+        check = report.runs[name]["region_check"]
+        assert check["from_photo"] < 0.5 and check["from_method"] > 20
+        assert report.runs[name]["counts"]["region_check"]["from_photo"] == 2
+    assert report.runs["keep"]["details"]["region_check"]["choice"] == ["keep brows, eyes (landmarks masks)"]
+    assert report.runs["change"]["details"]["region_check"]["choice"] == ["change lips, mouth (landmarks masks)"]
+    assert "## Region control read from the manifests" in md and "| from_photo | 0.00 | 0.00 |" in md

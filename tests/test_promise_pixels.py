@@ -502,3 +502,28 @@ def test_save_image_flushes_the_file_to_disk_before_renaming(tmp_path, monkeypat
     monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
     assert events[:1] == ["fsync"] and "replace" in events and events.index("fsync") < events.index("replace")
+
+
+# ----------------------------------------------------------------------------- decoding and encoding files
+def test_sixteen_bit_grey_is_scaled_by_257_even_when_its_maximum_is_256(tmp_path):
+    from falco.run.image_files import load_image
+
+    def read(values: list[int]) -> list[int]:
+        Image.fromarray(np.array([values], dtype=np.int32), "I").save(tmp_path / "i.tif")  # TIFF keeps mode I
+        assert Image.open(tmp_path / "i.tif").mode == "I"
+        return load_image(tmp_path / "i.tif")[0, :, 0].tolist()
+
+    assert read([0, 257 * 100, 65535]) == [0, 100, 255]
+    assert read([0, 200, 256]) == [0, 1, 1]  # 256 / 257 rounds to 1: not 8-bit grey, although small
+    assert read([0, 200, 255]) == [0, 200, 255]  # at most 255: 8-bit grey stored in 32-bit ints, read as is
+
+
+@pytest.mark.parametrize("quality, sampling", [(95, 0), (90, 0), (80, 2)])
+def test_jpeg_chroma_subsampling_is_444_at_quality_90_and_above_and_420_below(tmp_path, quality, sampling):
+    from PIL import JpegImagePlugin
+
+    from falco.run.image_files import save_image
+
+    rng = np.random.default_rng(0)
+    save_image(tmp_path / "a.jpg", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), quality=quality)
+    assert JpegImagePlugin.get_sampling(Image.open(tmp_path / "a.jpg")) == sampling

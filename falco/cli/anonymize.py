@@ -33,16 +33,20 @@ def anonymize_command(
     lambda_id: float = typer.Option(10.0, "--lambda-id", help="Weight of the identity loss."),
     lambda_attr: float = typer.Option(0.1, "--lambda-attr", help="Weight of the attribute loss."),
     layers: str = typer.Option("3:8", "--layers", help="Trainable W+ layers START:END (paper 3:8 = layers 3..7)."),
+    change_shape: bool = typer.Option(False, "--change-shape", help="FALCO: also optimise the coarse W+ layers that hold the face's shape (START becomes 0; not in the paper)."),
+    region_focus: float = typer.Option(0.75, "--region-focus", min=0.0, max=1.0, help="FALCO under --keep/--change: how much the attribute loss favours the parts taken from the photo (0: the paper's loss)."),
     amp: str = typer.Option("off", "--amp", help="Mixed precision: off, bf16 or fp16 (ArcFace, FaRL and the generator's top --fp16-res resolutions)."),
     fp16_res: int = typer.Option(4, "--fp16-res", min=0, help="With --amp: generator resolutions run in low precision, from the top (NVIDIA: 4; 0: generator in fp32)."),
     modconv: str = typer.Option("fused", "--modconv", help="Modulated convolutions: fused (grouped, per face) or dense (shared weight; faster at large batch on GPUs)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last tensors (implies --modconv dense)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the render-and-loss step (slow first batch)."),
     loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
-    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo) or mtcnn (facenet-pytorch)."),
+    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo), mtcnn (facenet-pytorch) or scrfd (insightface buffalo_l, non-commercial)."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
-    blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy."),
-    pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks."),
+    blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy (falco's face region), or a published setup: ciagan-9x9, ciagan-17x17 (whole 128-px CIAGAN crop), deepprivacy-heavy, deepprivacy-gaussian (detector box)."),
+    pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks across the face region."),
+    pixelate_block_size: Optional[int] = typer.Option(None, "--pixelate-block-size", help="pixelate: blocks of this many pixels (2-256) over the face region."),
+    pixelate_preset: Optional[str] = typer.Option(None, "--pixelate-preset", help="pixelate: a published setup: ciagan-16x16, ciagan-8x8 (16/8-px blocks on the 128-px CIAGAN crop), deepprivacy-8x8, deepprivacy-16x16 (blocks on the detector box)."),
     ciagan_id: Optional[int] = typer.Option(None, "--ciagan-id", help="ciagan: target identity (default: random, seeded)."),
     anonygan_condition: Optional[Path] = typer.Option(None, "--anonygan-condition", help="anonygan: photo of a person who does not exist whose face conditions every face (default: generated fakes, from --bank when given)."),
     method_option: Optional[list[str]] = typer.Option(None, "--method-option", metavar="KEY=VALUE", help="An option of the method's constructor (repeatable), e.g. feather=0.1."),
@@ -56,16 +60,25 @@ def anonymize_command(
     export_detections: Optional[str] = typer.Option(None, "--export-detections", help="coco: write detections_coco.json (boxes, RLE masks)."),
     max_pixels: int = max_pixels_option(),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="Videos: FFmpeg encoder (default libx264; libvpx-vp9 for .webm)."),
+    crf: int = typer.Option(18, "--crf", min=0, max=63, help="Videos: constant rate factor (quality; lower is better)."),
+    keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Videos: keep the container's metadata (GPS, device, creation time; stripped by default)."),
+    detect_every: int = typer.Option(1, "--detect-every", min=1, help="Videos: run face detection every N frames (tracks fill the others)."),
+    video_steps: int = typer.Option(10, "--video-steps", min=0, help="Videos, FALCO: steps of each frame after a track's first (warm start from the previous frame)."),
+    video_segment: int = typer.Option(120, "--video-segment", min=1, help="Videos: frames per resumable segment."),
 ) -> None:
     """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
     from falco.config import AnonymizeConfig
     from falco.run.anonymize import run_anonymize
 
     params = falco_params(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=layers,
-                          amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
+                          change_shape=change_shape, region_focus=region_focus, amp=None if amp == "off" else amp, num_fp16_res=fp16_res, fused_modconv=_modconv(modconv),
                           channels_last=channels_last, compile=compile, loss_resolution=loss_resolution)
     options = parse_method_options(method_option or ())
-    options.update({k: v for k, v in (("preset", blur_preset), ("blocks", pixelate_blocks), ("ciagan_id", ciagan_id),
+    if blur_preset is not None and pixelate_preset is not None:
+        raise InputError("give --blur-preset (method blur) or --pixelate-preset (method pixelate), not both")
+    options.update({k: v for k, v in (("preset", blur_preset), ("preset", pixelate_preset), ("blocks", pixelate_blocks),
+                                      ("block_size", pixelate_block_size), ("ciagan_id", ciagan_id),
                                       ("condition", anonygan_condition)) if v is not None})
     cfg = AnonymizeConfig(input=input, out=out, method=method, models=models, device=device, seed=seed,
                           batch_size=batch_size, falco=params, bank=bank, bank_size=bank_size, reuse=not no_reuse,
@@ -73,7 +86,9 @@ def anonymize_command(
                           format=format.lower() if format else None, quality=quality, save_crops=save_crops,
                           sidecar=sidecar, export_detections=export_detections, on_fail=on_fail, guard=guard,
                           keep_identity=tuple(keep_identity or ()), keep=keep, change=change,
-                          region_feather=region_feather, region_masks=region_masks, progress=not no_progress)
+                          region_feather=region_feather, region_masks=region_masks, progress=not no_progress,
+                          codec=codec, crf=crf, keep_metadata=keep_metadata, detect_every=detect_every,
+                          video_steps=video_steps, video_segment=video_segment)
     summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
     report_summary(summary)
 

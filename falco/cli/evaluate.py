@@ -26,6 +26,10 @@ def eval_attributes_command(
     models: Optional[Path] = models_option(),
     device: str = device_option(),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bars."),
+    protocol: str = typer.Option("falco", "--protocol", help="falco (default), ciagan (CIAGAN's 128-px CelebA crops, dlib detection, identification) or deepprivacy (detection only, IoU 0.5); see README 'Evaluation protocols'."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder of the on-disk cache of the real photos' detections, landmarks and embeddings (default: $FALCO_EVAL_CACHE or ~/.cache/falco/eval)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the on-disk cache."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes running the dlib detectors of all photos in parallel first (protocols falco and deepprivacy)."),
 ) -> None:
     """Measure detection, re-identification, attribute preservation and quality of anonymized photos."""
     from falco.evaluation.run import run_eval_attributes
@@ -34,8 +38,14 @@ def eval_attributes_command(
     def split(text: str) -> tuple[str, ...]:
         return tuple(p.strip() for p in text.split(",") if p.strip())
 
+    from falco.errors import InputError
+    from falco.evaluation.disk_cache import default_cache_dir
+
+    if no_cache and cache is not None:
+        raise InputError("give --cache DIR or --no-cache, not both")
     cfg = EvalConfig(real=real, anon=tuple(anon), names=tuple(name or ()), pairs=tuple(pairs or ()), labels=labels,
                      detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
                      upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device,
-                     progress=not no_progress)
+                     progress=not no_progress, protocol=protocol, workers=workers,
+                     disk_cache=None if no_cache else (cache or default_cache_dir()))
     run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))

@@ -59,10 +59,12 @@ def max_pixels_option() -> Any:
 
 
 def falco_params(*, m: float, steps: int, lr: float, lambda_id: float, lambda_attr: float, layers: str,
-                 **more: Any) -> Any:
+                 change_shape: bool = False, **more: Any) -> Any:
     """The :class:`~falco.latent.optimise.FalcoParams` of the FALCO options the commands share
     (``--m``, ``--steps``, ``--lr``, ``--lambda-id``, ``--lambda-attr``, ``--layers START:END``);
-    ``more``: further FalcoParams fields.
+    ``change_shape`` (``--change-shape``) frees the coarse layers too: START becomes 0, so the
+    fake's face shape replaces the real one (a departure from the paper); ``more``: further
+    FalcoParams fields.
 
     Raises:
         InputError: ``--layers`` is not START:END.
@@ -73,6 +75,8 @@ def falco_params(*, m: float, steps: int, lr: float, lambda_id: float, lambda_at
         start, end = (int(v) for v in layers.split(":"))
     except ValueError:
         raise InputError(f"--layers must be START:END, e.g. 3:8, got {layers!r}") from None
+    if change_shape:
+        start = 0
     return FalcoParams(m=m, steps=steps, lr=lr, lambda_id=lambda_id, lambda_attr=lambda_attr, layers=(start, end),
                        **more)
 

@@ -51,10 +51,16 @@ def _root(
 
 @app.command("env", cls=Command)
 def env_command() -> None:
-    """Print the platform, library versions, CUDA and op-build status."""
+    """Print the platform, library versions, CUDA and op-build status, FAISS's device, insightface/onnxruntime."""
+    from falco.bank.gpu import faiss_info
     from falco.env import collect_env, format_env
+    from falco.faces.insightface_zoo import env_lines
 
     typer.echo(format_env(collect_env()))
+    faiss = faiss_info()
+    typer.echo(f"{'faiss search':<16} {faiss['device']} ({faiss['why']})")
+    for line in env_lines():
+        typer.echo(line)
 
 
 app.add_typer(models_app, name="models", help="List, download, verify pretrained models; make a tiny offline set.")

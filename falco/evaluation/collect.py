@@ -27,7 +27,7 @@ from falco.faces.detect import get_detector
 from falco.faces.ffhq import align_face
 from falco.run.image_files import load_image
 
-__all__ = ["RunData", "collect_run"]
+__all__ = ["LANDMARKS_SPEC", "RunData", "collect_run", "recognizer_spec"]
 
 
 @dataclass
@@ -58,18 +58,44 @@ class RunData:
     problems: list[str] = field(default_factory=list)
 
 
-def _landmarks(cache: FeatureCache, digest: str, image: np.ndarray, box) -> np.ndarray:
+#: Tool spec of the landmarks in the disk cache (dlib's 68-point shape predictor).
+LANDMARKS_SPEC = "lm:dlib-shape_predictor_68_face_landmarks"
+
+
+def recognizer_spec(rec) -> str:
+    """Tool spec of a recogniser's embeddings in the disk cache: its rule and a fingerprint of its weights."""
+    spec = getattr(rec, "_falco_cache_spec", None)
+    if spec is None:
+        import hashlib
+
+        h = hashlib.sha256(f"{rec.name}|{rec.describe()}|{getattr(rec, 'path', '')}".encode())
+        encoder = getattr(rec, "encoder", None)
+        if encoder is not None and hasattr(encoder, "state_dict"):
+            for name, t in sorted(encoder.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
+        spec = f"emb:{rec.name}:{h.hexdigest()[:16]}"
+        try:
+            rec._falco_cache_spec = spec
+        except AttributeError:  # a frozen or slotted recogniser: recomputed each time
+            pass
+    return spec
+
+
+def _landmarks(cache: FeatureCache, digest: str, image: np.ndarray, box, persist: bool = False) -> np.ndarray:
     box = tuple(int(v) for v in box)
-    return cache.get(("lm", digest, box), lambda: get_detector("hog").landmarks(image, box))
+    return cache.get(("lm", digest, box), lambda: get_detector("hog").landmarks(image, box),
+                     persist=LANDMARKS_SPEC if persist else None)
 
 
 def _embed(cache: FeatureCache, rec, digest: str, image: np.ndarray,
-           landmarks: Sequence[np.ndarray]) -> list[np.ndarray]:
+           landmarks: Sequence[np.ndarray], persist: bool = False) -> list[np.ndarray]:
+    spec = recognizer_spec(rec) if persist else None
     keys = [("emb", rec.name, digest, landmarks_key(lm)) for lm in landmarks]
-    todo = [i for i, k in enumerate(keys) if k not in cache]
+    todo = [i for i, k in enumerate(keys) if not cache.has(k, persist=spec)]
     if todo:  # one batched call per photo for the faces not seen before
         for i, e in zip(todo, rec.embed(image, [landmarks[i] for i in todo]), strict=True):
-            cache.put(keys[i], e)
+            cache.put(keys[i], e, persist=spec)
     return [cache.get(k, lambda: None) for k in keys]
 
 
@@ -147,8 +173,9 @@ def collect_run(tools: Tools, cache: FeatureCache, photo_pairs: Sequence[PhotoPa
     return data
 
 
-def _boxes(cache: FeatureCache, det, digest: str, image: np.ndarray) -> list:
-    return cache.get(("det", digest, det.spec), lambda: det.boxes(image))
+def _boxes(cache: FeatureCache, det, digest: str, image: np.ndarray, persist: bool = False) -> list:
+    return cache.get(("det", digest, det.spec), lambda: det.boxes(image),
+                     persist=f"det:{det.spec}" if persist else None)
 
 
 def _inception(cache: FeatureCache, model, digest: str, crops: list[np.ndarray | None],
@@ -169,14 +196,14 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
                    pair_iou: float, device: str) -> None:
     rd, ad = image_digest(real_img), image_digest(anon_img)
     for name, det in tools.detectors.items():
-        data.detections[name] += count_detected(_boxes(cache, det, rd, real_img), _boxes(cache, det, ad, anon_img),
-                                                detection_iou)
+        data.detections[name] += count_detected(_boxes(cache, det, rd, real_img, True),
+                                                _boxes(cache, det, ad, anon_img), detection_iou)
     if manifest_faces is not None:
-        faces = [FacePair(source, f.face_index, f.box, f.landmarks, status=f.status)
+        faces = [FacePair(source, f.face_index, f.box, f.landmarks, status=f.status, regions=f.regions)
                  for f in manifest_faces.get(source, [])]
     else:
-        faces = [FacePair(source, i, b, _landmarks(cache, rd, real_img, b))
-                 for i, b in enumerate(_boxes(cache, ref, rd, real_img))]
+        faces = [FacePair(source, i, b, _landmarks(cache, rd, real_img, b, True))
+                 for i, b in enumerate(_boxes(cache, ref, rd, real_img, True))]
     if not faces:
         return
     anon_boxes = _boxes(cache, ref, ad, anon_img)
@@ -190,7 +217,7 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
     real_lms = [f.real_landmarks for f in faces]
     anon_lms = [f.anon_landmarks for f in faces]
     for name, rec in tools.recognizers.items():
-        data.real_emb[name] += _embed(cache, rec, rd, real_img, real_lms)
+        data.real_emb[name] += _embed(cache, rec, rd, real_img, real_lms, True)
         data.anon_emb[name] += _embed(cache, rec, ad, anon_img, anon_lms)
     real_labels: list[dict[str, str]] = [{} for _ in faces]
     anon_labels: list[dict[str, str]] = [{} for _ in faces]
@@ -201,8 +228,9 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
                 target.update(lab)
     data.real_labels += real_labels
     data.anon_labels += anon_labels
-    key = ("parts", rd, ad, tools.parser is not None, tuple(map(landmarks_key, real_lms)))
-    data.part_change += cache.get(key, lambda: part_changes(real_img, anon_img, real_lms, parser=tools.parser))
+    key = ("parts", rd, ad, tools.parser is not None, tools.lpips is not None, tuple(map(landmarks_key, real_lms)))
+    data.part_change += cache.get(key, lambda: part_changes(real_img, anon_img, real_lms, parser=tools.parser,
+                                                            lpips=tools.lpips))
     # FID crops and the example grid: the same region of both photos (the real face's alignment)
     real_crops = [_crop(real_img, lm) for lm in real_lms]
     anon_crops = [_crop(anon_img, lm) for lm in real_lms]

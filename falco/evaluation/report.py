@@ -31,8 +31,8 @@ from falco.run.inputs import atomic_path
 __all__ = ["markdown_table", "write_report"]
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-_DETECTOR_LABEL = {"hog": "HOG", "cnn": "CNN", "mtcnn": "MTCNN"}
-_REC_LABEL = {"dlib": "dlib", "arcface": "ArcFace", "sface": "SFace"}
+_DETECTOR_LABEL = {"hog": "HOG", "cnn": "CNN", "mtcnn": "MTCNN", "yunet": "YuNet", "scrfd": "SCRFD"}
+_REC_LABEL = {"dlib": "dlib", "arcface": "ArcFace", "sface": "SFace", "insightface": "insightface"}
 
 
 def _jsonable(value: Any) -> Any:
@@ -74,6 +74,10 @@ def _columns(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     if any("label_accuracy" in r for r in runs):
         cols.append(("label accuracy ↑", "label_accuracy.mean", "pct"))
     cols += [("FID ↓", "fid", "num2"), ("KID ↓", "kid", "num")]
+    if any("published" in r for r in runs):  # a protocol's published figure beside ours
+        cols = [c for col in cols for c in ([col] + [(f"{col[0]} (published)", f"published.{col[1]}", col[2])]
+                                            if any(_get(r, f"published.{col[1]}") is not None for r in runs)
+                                            else [col])]
     return cols
 
 
@@ -110,12 +114,14 @@ def _attribute_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return names, rows
 
 
-def _region_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The per-part change table: rows = parts, columns = runs (grey levels; n/a when not computed)."""
+def _region_rows(data: dict[str, Any], key: str = "region_change",
+                 digits: int = 2) -> tuple[list[str], list[list[str]]]:
+    """The per-part change table: rows = parts, columns = runs (``region_change``: grey levels;
+    ``region_lpips``: LPIPS; n/a when not computed)."""
     names = list(data["runs"])
-    parts = list(dict.fromkeys(p for r in data["runs"].values() for p, v in r.get("region_change", {}).items()
+    parts = list(dict.fromkeys(p for r in data["runs"].values() for p, v in r.get(key, {}).items()
                                if v is not None))
-    rows = [[p] + [_num(data["runs"][n].get("region_change", {}).get(p), 2) for n in names] for p in parts]
+    rows = [[p] + [_num(data["runs"][n].get(key, {}).get(p), digits) for n in names] for p in parts]
     return names, rows
 
 
@@ -129,6 +135,8 @@ def _missing(data: dict[str, Any]) -> list[str]:
 
 def _method_notes(data: dict[str, Any]) -> list[str]:
     s = data["settings"]
+    if "protocol_notes" in s:  # a paper's protocol (falco.evaluation.protocols) says how it counts
+        return list(s["protocol_notes"]) + list(data.get("notes", []))
     notes = [
         "Detection rate: share of the faces a detector finds in the real photos that the same detector finds "
         f"again in the anonymized photos (IoU >= {s['detection_iou']}, one-to-one). Detectors: "
@@ -171,6 +179,10 @@ def _markdown(data: dict[str, Any]) -> str:
     out += _table_section("Attribute agreement (real vs anonymized)", "attribute", *_attribute_rows(data))
     out += _table_section("Change per face part (mean absolute difference, grey levels 0-255)", "part",
                           *_region_rows(data))
+    out += _table_section("Perceptual change per face part (LPIPS inside each part)", "part",
+                          *_region_rows(data, "region_lpips", 4))
+    out += _table_section("Region control read from the manifests (grey levels 0-255)", "parts",
+                          *_region_rows(data, "region_check"))
     out += ["## How the numbers were computed", ""] + [f"- {n}" for n in _method_notes(data)] + [""]
     missing = _missing(data)
     if missing:
@@ -323,6 +335,9 @@ def _html(data: dict[str, Any], files) -> str:
     names, region_rows = _region_rows(data)
     if region_rows:
         parts += ["<h2>Change per face part (grey levels 0-255)</h2>", _html_table(["part"] + names, region_rows)]
+    names, lpips_rows = _region_rows(data, "region_lpips", 4)
+    if lpips_rows:
+        parts += ["<h2>Perceptual change per face part (LPIPS)</h2>", _html_table(["part"] + names, lpips_rows)]
     parts += ["<h2>Examples (real | anonymized)</h2>", _examples_html(files),
               "<h2>How the numbers were computed</h2><ul>"
               + "".join(f"<li>{html.escape(n)}</li>" for n in _method_notes(data)) + "</ul>"]

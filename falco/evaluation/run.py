@@ -51,8 +51,16 @@ def run_eval_attributes(cfg: EvalConfig, out: Path, *, echo: Callable[[str], Non
     from falco.run.inputs import check_writable_dir
 
     check_writable_dir(out)  # before minutes of work, not after
-    report = evaluate(cfg, echo=echo)
+    cache = None
+    if cfg.disk_cache is not None:
+        from falco.evaluation.common import FeatureCache
+        from falco.evaluation.disk_cache import DiskCache
+
+        cache = FeatureCache(DiskCache(cfg.disk_cache))
+    report = evaluate(cfg, echo=echo, cache=cache)
     paths = write_report(report, out)
+    if cache is not None:
+        echo(f"cache {cache.disk.root}: {cache.disk.hits} real-side results reused, {cache.disk.writes} written")
     for note in report.data.get("notes", []):
         echo(f"warning: {note}")
     for line in not_computed_lines(report.data):

@@ -16,7 +16,7 @@ from falco.evaluation.common import FeatureCache, progress_bar
 from falco.evaluation.detection import box_iou
 from falco.evaluation.landmarks import head_pose, landmark_nme
 from falco.evaluation.pairing import FacePair
-from falco.evaluation.regions import summarise_part_changes
+from falco.evaluation.regions import summarise_part_changes, summarise_region_choice
 from falco.evaluation.reid import pair_scores, rank1_identification, same_person
 from falco.evaluation.tools import Tools
 
@@ -154,7 +154,9 @@ def _labels(run, counts, details, missing, data: RunData, labels: FaceLabels) ->
 def _regions(run, counts, details, data: RunData, tools: Tools) -> None:
     """How much each face part changed (:mod:`falco.evaluation.regions`)."""
     summarise_part_changes(run, counts, details, data.part_change, parsing=tools.parser is not None,
-                           parser_problem=tools.parser_problem)
+                           parser_problem=tools.parser_problem, lpips=tools.lpips is not None,
+                           lpips_problem=tools.lpips_problem)
+    summarise_region_choice(run, counts, details, data.faces, data.part_change)
     for f, row in zip(data.faces, data.part_change, strict=True):
         f.results["region_change"] = row
 

@@ -19,11 +19,12 @@ from falco.evaluation import detection as _detection
 from falco.evaluation.detection import get_eval_detector
 from falco.evaluation.landmarks import LandmarkAttributes
 from falco.evaluation.reid import ArcFaceRecognizer, DlibRecognizer
+from falco.faces.insightface_zoo import InsightfaceRecognizer
 from falco.faces.opencv_zoo import SFaceRecognizer
 
 __all__ = ["CLASSIFIERS", "RECOGNIZERS", "Tools", "build_tools"]
 
-RECOGNIZERS = ("dlib", "arcface", "sface")
+RECOGNIZERS = ("dlib", "arcface", "sface", "insightface")
 CLASSIFIERS = ("landmarks", "farl-celeba")
 
 
@@ -37,6 +38,8 @@ class Tools:
     inception: Any = None
     parser: Any = None  # the face parser for region_change (None: landmark masks, and why in parser_problem)
     parser_problem: str | None = None
+    lpips: Any = None  # LPIPS for region_lpips (None: not installed, and why in lpips_problem)
+    lpips_problem: str | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     not_installed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -60,10 +63,11 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
     for spec in detectors:
         name = str(spec).split(":")[0].lower()
         try:
-            tools.detectors[name] = get_eval_detector(spec, upsample, device)
+            tools.detectors[name] = get_eval_detector(spec, upsample, device, models)
         except MetricUnavailable as exc:
-            tools._missing(f"{name} detection", (f"detection_rate.{name}",), str(exc),
-                           installed=name != "mtcnn" or _detection.mtcnn_installed())
+            installed = (_detection.mtcnn_installed() if name == "mtcnn"
+                         else not isinstance(exc.__cause__, ModelNotFoundError))
+            tools._missing(f"{name} detection", (f"detection_rate.{name}",), str(exc), installed=installed)
 
     for name in recognizers:
         if name == "dlib":
@@ -85,6 +89,17 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             except FalcoError as exc:
                 tools._missing("sface re-id", ("reid_rate.sface", "rank1_identification.sface"),
                                f"SFace not available: {exc}", not isinstance(exc, ModelNotFoundError))
+        elif name == "insightface":
+            try:
+                rec = InsightfaceRecognizer.from_models(models, device=device)
+            except FalcoError as exc:
+                tools._missing("insightface re-id", ("reid_rate.insightface", "rank1_identification.insightface"),
+                               f"insightface ArcFace not available: {exc}", not isinstance(exc, ModelNotFoundError))
+                continue
+            if rec.tiny:
+                tools.notes.append("insightface's ArcFace comes from a tiny random model set: its re-identification "
+                                   "numbers are not meaningful")
+            tools.recognizers["insightface"] = rec
         else:
             raise InputError(f"recognizers: unknown {name!r}; choose from {', '.join(RECOGNIZERS)}")
 
@@ -102,6 +117,7 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             raise InputError(f"classifiers: unknown {name!r}; choose from {', '.join(CLASSIFIERS)}")
 
     _region_parser(tools, models, device)
+    _region_lpips(tools, models, device)
     if not fid:
         tools.unavailable["fid"] = tools.unavailable["kid"] = "disabled (--no-fid)"
     else:
@@ -127,6 +143,17 @@ def _region_parser(tools: Tools, models, device: str) -> None:
         return
     if is_tiny(models):
         tools.notes.append("the face parser comes from a tiny random model set: its region masks are not meaningful")
+
+
+def _region_lpips(tools: Tools, models, device: str) -> None:
+    """LPIPS for the per-part perceptual change (``region_lpips``), when its two files are installed."""
+    from falco.evaluation.regions import LPIPS_REASON
+    from falco.models.lpips import load_lpips
+
+    try:
+        tools.lpips = load_lpips(models, device=device)
+    except FalcoError as exc:
+        tools.lpips_problem = LPIPS_REASON if isinstance(exc, ModelNotFoundError) else f"LPIPS could not be loaded: {exc}"
 
 
 def _farl_head(models, device: str):

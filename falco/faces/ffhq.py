@@ -49,6 +49,8 @@ class AlignedFace:
         score: The detector's confidence, ``None`` where it gives none.
         quad_size: Side length of the quad in source pixels (how large the face really is;
             the crop was upsampled where this is below ``size``).
+        identity: None for a photo's face; in a video, its track's key (:func:`falco.methods.base.face_key`
+            returns it, so every frame of a track draws the same random identity).
     """
 
     box: Box
@@ -56,6 +58,7 @@ class AlignedFace:
     quad: np.ndarray
     image: np.ndarray
     score: float | None = None
+    identity: str | None = field(default=None, repr=False)  # video: the track's key; faces sharing it draw alike
     quad_size: float = field(init=False)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,9 @@
 * ``sface``: SFace (OpenCV model zoo, onnxruntime), 128-d embeddings of the face warped onto
   the ArcFace 5-point 112x112 template; same person when the cosine similarity is **at least
   0.363** (OpenCV's threshold). Lives in :mod:`falco.faces.opencv_zoo`, re-exported here.
+* ``insightface``: insightface's ArcFace ONNX (``w600k_r50``, buffalo_l, non-commercial) through its
+  own model zoo and 5-point ``norm_crop``, 512-d; same person when the cosine similarity is **at
+  least 0.28** (insightface's demo). Lives in :mod:`falco.faces.insightface_zoo`, re-exported here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from falco.errors import InputError
 from falco.faces.detect import check_image, dlib_model_path
+from falco.faces.insightface_zoo import INSIGHTFACE_THRESHOLD, InsightfaceRecognizer
 from falco.faces.opencv_zoo import SFACE_THRESHOLD, SFaceRecognizer
 
 __all__ = [
@@ -33,6 +37,8 @@ __all__ = [
     "DLIB_THRESHOLD",
     "ArcFaceRecognizer",
     "DlibRecognizer",
+    "INSIGHTFACE_THRESHOLD",
+    "InsightfaceRecognizer",
     "Recognizer",
     "SFACE_THRESHOLD",
     "SFaceRecognizer",

@@ -62,19 +62,60 @@ def token_l1_loss(
     t_anon: torch.Tensor,
     t_real: torch.Tensor,
     reduction: Reduction = "mean",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per sample ``sum over tokens of mean over channels |t_anon - t_real|``; ``t_real`` detached.
 
+    ``weights`` (optional, one per token, e.g. :func:`region_token_weights`) multiply each token's
+    term before the sum; None is the paper's loss (every weight 1).
+
     Shape:
-        ``t_anon``, ``t_real``: ``[B, N, C]`` -> ``[]`` or ``[B]``.
+        ``t_anon``, ``t_real``: ``[B, N, C]``; ``weights``: ``[B, N]`` -> ``[]`` or ``[B]``.
     """
     _check_reduction(reduction)
     _check_tensor(t_anon, "t_anon", ndim=3, shape_hint="[B, N, C]")
     _check_tensor(t_real, "t_real", ndim=3, shape_hint="[B, N, C]")
     if t_anon.shape != t_real.shape:
         raise InputError(f"t_real: expected shape {tuple(t_anon.shape)} (like t_anon), got {tuple(t_real.shape)}")
-    per_sample = (t_anon - t_real.detach().to(t_anon.dtype)).abs().mean(dim=-1).sum(dim=-1)
-    return _reduce(per_sample, reduction)
+    per_token = (t_anon - t_real.detach().to(t_anon.dtype)).abs().mean(dim=-1)
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor) or weights.shape != per_token.shape:
+            raise InputError(f"weights: expected shape {tuple(per_token.shape)} (one per token), got "
+                             f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
+        per_token = per_token * weights.detach().to(per_token.dtype)
+    return _reduce(per_token.sum(dim=-1), reduction)
+
+
+def region_token_weights(masks: torch.Tensor, num_tokens: int, focus: float) -> torch.Tensor:
+    """Per-token weights of the attribute loss that favour the face's masked region.
+
+    The tokens are a ViT's class token followed by a ``g x g`` grid of patch tokens over the
+    whole (square) image, as FaRL's. Each patch token's share of the mask ``k`` (its mean mask
+    value) gives it the weight ``(1 - focus) + focus * k / mean(k)``, so the patch weights still
+    average 1 (the loss keeps the paper's scale) and ``focus = 0`` is the paper's uniform loss;
+    the class token keeps weight 1. A face whose mask is empty gets uniform weights.
+
+    Args:
+        masks: Weights in [0, 1] over each face's image (aligned crop), 1 where attributes matter.
+        num_tokens: ``N = 1 + g * g``.
+        focus: In [0, 1]; how much of the patch weights follows the mask.
+
+    Shape:
+        ``masks``: ``[B, H, W]`` -> ``[B, N]``.
+    """
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 3:
+        raise InputError(f"masks: expected a [B, H, W] tensor, got "
+                         f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__}")
+    grid = math.isqrt(max(num_tokens - 1, 0))
+    if grid < 1 or grid * grid != num_tokens - 1:
+        raise InputError(f"num_tokens: expected 1 + g*g (a class token and a square patch grid), got {num_tokens}")
+    if isinstance(focus, bool) or not isinstance(focus, (int, float)) or not 0.0 <= focus <= 1.0:
+        raise InputError(f"focus: expected a number in [0, 1], got {focus!r}")
+    share = F.adaptive_avg_pool2d(masks.float().clamp(0, 1)[:, None], grid).flatten(1)  # [B, g*g]
+    mean = share.mean(dim=1, keepdim=True)
+    relative = torch.where(mean > 0, share / mean.clamp_min(1e-12), torch.ones_like(share))
+    patches = (1.0 - focus) + focus * relative
+    return torch.cat([torch.ones_like(patches[:, :1]), patches], dim=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from torch import nn
 
 from falco.errors import InputError, RunAbortedError
 from falco.latent.invert import to_256
-from falco.latent.losses import identity_margin_loss, token_l1_loss
+from falco.latent.losses import identity_margin_loss, region_token_weights, token_l1_loss
 from falco.models.stylegan2 import SynthesisPrefix
 
 __all__ = ["MAX_SKIPPED_FRACTION", "FalcoParams", "OptimResult", "mix_codes", "optimise", "too_many_skipped"]
@@ -45,6 +45,10 @@ MAX_SKIPPED_FRACTION = 0.5
 @dataclass(frozen=True)
 class FalcoParams:
     """FALCO's hyperparameters; the defaults are the paper's (DESIGN.md).
+
+    ``region_focus`` acts only under ``--keep``/``--change`` (an extension, not in the paper): the
+    share of the attribute loss's patch-token weights that follows the parts taken from the photo
+    (:func:`falco.latent.losses.region_token_weights`; 0 = the paper's uniform loss).
 
     The speed switches below change how the loop runs, not what it optimises; each one's
     accuracy against fp32 is measured by ``scripts/bench_anonymize.py``:
@@ -73,6 +77,7 @@ class FalcoParams:
     lambda_id: float = 10.0
     lambda_attr: float = 0.1
     layers: tuple[int, int] = (3, 8)
+    region_focus: float = 0.75
     amp: str | None = None
     num_fp16_res: int = 4
     loss_resolution: int | None = None
@@ -94,6 +99,8 @@ class FalcoParams:
             raise InputError(f"m must be in [0, 1], got {self.m}")
         if self.steps < 0:
             raise InputError(f"steps must be >= 0, got {self.steps}")
+        if isinstance(self.region_focus, bool) or not 0.0 <= self.region_focus <= 1.0:
+            raise InputError(f"region_focus must be in [0, 1], got {self.region_focus!r}")
         if self.lr <= 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
         start, end = self.layers
@@ -201,7 +208,8 @@ def _to_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
 
 
 def _losses(G: nn.Module, id_encoder: nn.Module, farl: nn.Module, ws: torch.Tensor, prefix: SynthesisPrefix | None,
-            e_real: torch.Tensor, t_real: torch.Tensor, params: FalcoParams) -> tuple[torch.Tensor, torch.Tensor]:
+            e_real: torch.Tensor, t_real: torch.Tensor, params: FalcoParams,
+            attr_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``ws`` and return the per-face identity and attribute losses (fp32)."""
     # the generator's precision is per resolution (num_fp16_res), not the loss networks' autocast
     img = G.synthesis(ws, noise_mode="const", max_resolution=params.loss_resolution, prefix=prefix,
@@ -211,7 +219,7 @@ def _losses(G: nn.Module, id_encoder: nn.Module, farl: nn.Module, ws: torch.Tens
     img = _to_channels_last(to_256(img), params.channels_last)
     with _autocast(ws.device, params.amp):
         l_id = identity_margin_loss(id_encoder(img).float(), e_real, params.m, reduction="none")
-        l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none")
+        l_attr = token_l1_loss(farl.tokens(img).float(), t_real, reduction="none", weights=attr_weights)
     return l_id, l_attr
 
 
@@ -236,6 +244,7 @@ def optimise(
     *,
     params: FalcoParams = FalcoParams(),
     on_step: StepCallback | None = None,
+    attr_masks: torch.Tensor | None = None,
 ) -> OptimResult:
     """Optimise the fake neighbours' middle layers so each face keeps its attributes but not its identity.
 
@@ -248,6 +257,10 @@ def optimise(
         on_step: Called as ``on_step(step, steps)`` after each step (``step`` 1-based, ``steps`` =
             ``params.steps``), once the update is applied and the step's losses recorded, e.g. for a
             progress bar.
+        attr_masks: Optional weights in [0, 1] over each aligned crop, 1 where the face's attributes
+            matter most (``--keep``/``--change``: the parts taken from the photo); the attribute
+            loss then weighs FaRL's patch tokens by them (:func:`falco.latent.losses.region_token_weights`
+            with ``params.region_focus``). None is the paper's loss.
 
     Shape:
         ``ws_*``: ``[B, num_ws, w_dim]``; ``x_real``: ``[B, 3, 256, 256]`` -> ``OptimResult.ws`` like ``ws_real``.
@@ -261,6 +274,12 @@ def optimise(
         x_in = _to_channels_last(x_real, params.channels_last)
         e_real = id_encoder(x_in).float()
         t_real = farl.tokens(x_in).float()
+    weights = None
+    if attr_masks is not None and params.region_focus > 0:
+        if attr_masks.ndim != 3 or attr_masks.shape[0] != ws_real.shape[0]:
+            raise InputError(f"attr_masks must be [B, H, W] with B = {ws_real.shape[0]}, got {list(attr_masks.shape)}")
+        weights = region_token_weights(attr_masks.to(device), t_real.shape[1], params.region_focus)
+    focus = {} if weights is None else {"attr_weights": weights}
     head, tail = ws_real[:, :start].detach(), ws_real[:, end:].detach()
     # one leaf tensor per face: Adam keeps its moments *and its step count* per tensor, so a face
     # whose fp16 step is skipped (grad None) leaves the others' bias correction untouched
@@ -281,7 +300,7 @@ def optimise(
     for step in range(params.steps):
         ws = torch.cat([head, torch.stack(rows), tail], dim=1)
         try:
-            l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params)
+            l_id, l_attr = losses_fn(G, id_encoder, farl, ws, prefix, e_real, t_real, params, **focus)
         except Exception as exc:
             if params.compile is not None and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # annotations only
 
 Echo = Callable[[str], object]
 StepCallback = Callable[[int, int], None]
+RegionFocus = Callable[[Sequence[AlignedFace]], "list[np.ndarray]"]
 
 __all__ = [
     "Anonymizer",
@@ -142,6 +143,11 @@ class Anonymizer(ABC):
     def set_step_callback(self, on_step: StepCallback | None) -> None:
         """Report progress of batched work as ``on_step(done, total)`` (default: nothing to report)."""
 
+    def set_region_focus(self, masks: RegionFocus | None) -> None:
+        """Under ``--keep``/``--change``: ``masks(faces)`` gives, per aligned face, weights in [0, 1]
+        over its crop, 1 on the parts taken from the photo; a method that optimises may favour them
+        (FALCO's attribute loss does). Default: ignored."""
+
     def summary(self) -> dict:
         """JSON-able figures of the whole run, merged into the run's summary and printed on one
         line at its end (e.g. FALCO's measured pairing recall; default: none)."""
@@ -215,7 +221,10 @@ def load_method_generator(role: str, models: str | os.PathLike | None, generator
 
 
 def face_key(face: AlignedFace) -> str:
-    """A stable identifier of a face: sha256 of its box, landmarks and aligned crop (hex, 16 digits)."""
+    """A stable identifier of a face: sha256 of its box, landmarks and aligned crop (hex, 16 digits);
+    for a face of a video track, of its track's key (``face.identity``), the same in every frame."""
+    if face.identity is not None:
+        return hashlib.sha256(f"track:{face.identity}".encode()).hexdigest()[:16]
     h = hashlib.sha256()
     h.update(np.asarray(face.box, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(face.landmarks, dtype=np.float64).tobytes())

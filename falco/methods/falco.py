@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from falco.latent.optimise import FalcoParams, OptimResult, optimise, too_many_skipped
-from falco.methods.base import Anonymizer, StepCallback
+from falco.methods.base import Anonymizer, RegionFocus, StepCallback
 from falco.methods.cover import check_on_fail, fallback
 from falco.errors import InputError, RunAbortedError
 from falco.faces.ffhq import AlignedFace
@@ -97,6 +97,8 @@ class FalcoAnonymizer(Anonymizer):
         self.reuse = reuse
         self.used: set[int] = set(used or ())
         self.on_step: StepCallback | None = None
+        self._warm: dict[int, tuple[int, torch.Tensor | None]] = {}  # video: id(face) -> (fake, start code)
+        self.region_focus: RegionFocus | None = None  # --keep/--change: the attribute loss favours those parts
 
     def settings(self) -> dict:
         return {"method": "falco", **self.params.as_dict(), "on_fail": self.on_fail,
@@ -134,15 +136,19 @@ class FalcoAnonymizer(Anonymizer):
         x_real = to_tensor(np.stack([f.image for f in faces]), size=256, device=dev)
         with torch.no_grad():
             ws_real = encode(self.E, x_real, self.latent_avg)
-            feats = self.bank.query_features(self.extractor, x_real)  # embedded like the bank's fakes
-        idx = self._pair(feats)
+            feats = None if self._warm else self.bank.query_features(self.extractor, x_real)  # like the bank's fakes
+        warm = [self._warm.get(id(f)) for f in faces] if self._warm else None  # video: per-track fakes
+        idx = self._pair(feats) if warm is None else np.asarray([w[0] for w in warm], dtype=np.int64)
         w_fake = self.bank.ws[torch.as_tensor(idx, dtype=torch.long)].to(dev, torch.float32)
         ws_fake = w_fake[:, None].repeat(1, G.num_ws, 1)
+        if warm is not None and all(w[1] is not None for w in warm):  # warm start from the previous frame
+            ws_fake = torch.stack([w[1] for w in warm]).to(dev, torch.float32)
+        masks = self._focus_masks(faces)
         result = optimise(ws_real, ws_fake, x_real, G, self.id_encoder, self.farl, params=self.params,
-                          on_step=self.on_step)
+                          on_step=self.on_step, attr_masks=masks)
         skipped = [int(n) for n in result.skipped]
         retried = [i for i, n in enumerate(skipped) if too_many_skipped(n, self.params.steps)]
-        failed = {i: why for i in retried if (why := self._retry_fp32(result, i, ws_real, ws_fake, x_real))}
+        failed = {i: why for i in retried if (why := self._retry_fp32(result, i, ws_real, ws_fake, x_real, masks))}
         if not torch.isfinite(result.ws).all():
             raise FloatingPointError("the optimisation diverged (non-finite W+ code)")
         if not self.reuse:  # given out only now: the fakes of a failed batch (or face) stay free
@@ -168,7 +174,7 @@ class FalcoAnonymizer(Anonymizer):
         return out
 
     def _retry_fp32(self, result: OptimResult, i: int, ws_real: torch.Tensor, ws_fake: torch.Tensor,
-                    x_real: torch.Tensor) -> str | None:
+                    x_real: torch.Tensor, masks: torch.Tensor | None = None) -> str | None:
         """Re-optimise face ``i`` of a batch alone in fp32 (most of its fp16 steps were skipped).
 
         On success its code and losses replace the fp16 ones in ``result`` and None is returned;
@@ -179,7 +185,7 @@ class FalcoAnonymizer(Anonymizer):
         one = slice(i, i + 1)
         try:
             redo = optimise(ws_real[one], ws_fake[one], x_real[one], self.G, self.id_encoder, self.farl,
-                            params=replace(self.params, amp=None))
+                            params=replace(self.params, amp=None), attr_masks=None if masks is None else masks[one])
         except (RunAbortedError, torch.OutOfMemoryError):
             raise
         except Exception as exc:
@@ -193,6 +199,30 @@ class FalcoAnonymizer(Anonymizer):
             why = f"{why}; the fp32 retry diverged (non-finite W+ code)"
         log.warning("face could not be anonymized: %s", why)
         return why
+
+    def set_region_focus(self, masks: RegionFocus | None) -> None:
+        self.region_focus = masks
+
+    def _focus_masks(self, faces: list[AlignedFace]) -> torch.Tensor | None:
+        """The faces' ``--keep``/``--change`` masks at 256 px (see :meth:`set_region_focus`), or None."""
+        if self.region_focus is None or self.params.region_focus == 0:
+            return None
+        masks = np.stack([np.asarray(m, dtype=np.float32) for m in self.region_focus(faces)])
+        return torch.from_numpy(masks).to(self.device)
+
+    def process_tracked(self, faces: list[AlignedFace], neighbours: Sequence[int],
+                        starts: Sequence[torch.Tensor] | None = None, steps: int | None = None) -> list[FalcoFace]:
+        """Video: faces of tracks, face ``i`` paired with its track's fake ``neighbours[i]``; with ``starts``
+        (one ``[num_ws, w_dim]`` code per face, the track's previous frame), a warm start of ``steps`` steps."""
+        saved = self._warm, self.params
+        self._warm = {id(f): (int(n), None if starts is None else starts[i])
+                      for i, (f, n) in enumerate(zip(faces, neighbours))}
+        if steps is not None:
+            self.params = replace(self.params, steps=steps)
+        try:
+            return self.process(faces)
+        finally:
+            self._warm, self.params = saved
 
     def redo(self, photo: np.ndarray, face: AlignedFace, factor: float = 3.0) -> np.ndarray | None:
         """Anonymize ``face`` again with the identity weight times ``factor``; None if that fails."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from falco.errors import InputError
 from falco.pretrained.entry import ArchiveSource, ModelEntry
+from falco.pretrained.insightface_entries import BUFFALO_L_ENTRIES
 
 __all__ = [
     "ArchiveSource",
@@ -33,7 +34,8 @@ __all__ = [
 #: Role names the rest of falco asks for (``resolve_model('generator')``).
 ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector",
                           "ciagan", "deepprivacy", "attribute-classifier", "image-quality", "parsing",
-                          "anonygan", "detector-yunet", "recognizer-sface")
+                          "anonygan", "detector-yunet", "recognizer-sface", "detector-scrfd", "recognizer-insightface",
+                          "lpips-backbone", "lpips-lin")
 
 _NVIDIA_NC = (
     "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
@@ -357,6 +359,40 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     ),
     # ------------------------------------------------------ evaluation only
     ModelEntry(
+        name="lpips-alexnet",
+        filename="alexnet-owt-7be5be79.pth",
+        urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+        sha256=None,
+        size=None,
+        licence="torchvision weights, BSD-3-Clause (trained on ImageNet: its terms for non-commercial research)",
+        licence_tag="BSD-3-Clause, ImageNet",
+        role="lpips-backbone",
+        layout="torchvision-alexnet",
+        preprocessing="RGB in [-1, 1], LPIPS ScalingLayer (x - shift) / scale; the five ReLU outputs of features",
+        description="AlexNet (torchvision, ImageNet) for LPIPS: per-part LPIPS and tLP in falco eval-attributes",
+        homepage="https://github.com/richzhang/PerceptualSimilarity",
+        checksum_source="torchvision names the file by the first 8 hex digits of its sha256 (7be5be79); the full "
+                        "digest is not published (recorded in the model set's manifest on download)",
+    ),
+    ModelEntry(
+        name="lpips-alex-lin",
+        filename="lpips-v0.1-alex.pth",
+        urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",),
+        sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+        size=6009,
+        licence="BSD-2-Clause (richzhang/PerceptualSimilarity)",
+        licence_tag="BSD-2-Clause",
+        role="lpips-lin",
+        layout="lpips-lin",
+        preprocessing="unit-normalised AlexNet features' squared differences -> 1x1 conv per tap (lin0..lin4)",
+        description="LPIPS v0.1 linear weights for AlexNet (also inside the PyPI lpips wheel)",
+        homepage="https://github.com/richzhang/PerceptualSimilarity",
+        checksum_source="sha256 and size of lpips/weights/v0.1/alex.pth in the PyPI lpips 0.1.4 wheel",
+        package_mirror="lpips",
+        package_path="weights/v0.1/alex.pth",
+        notes="also in the lpips 0.1.4 wheel: falco models download --from-package lpips",
+    ),
+    ModelEntry(
         name="farl-celeba-attributes",
         filename="face_attribute.farl.celeba.pt",
         urls=("https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt",),
@@ -427,6 +463,7 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         ),
         description="SFace face recognizer 2021dec, int8 block-quantized (re-identification, guard)",
     ),
+    *BUFFALO_L_ENTRIES,  # insightface buffalo_l (ONNX, onnxruntime): falco.pretrained.insightface_entries
     # ---------------------------------------------------- dlib (PyPI package)
     _dlib(
         name="dlib-landmarks68",

