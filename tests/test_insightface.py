@@ -11,6 +11,7 @@ Without insightface every test skips and says so; under ``CI=true`` that is a fa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 
@@ -164,7 +165,6 @@ def test_scrfd_landmarks_are_dlib_68_points_inside_the_box(tiny_insightface):
 
 
 def test_scrfd_errors(tmp_path, tiny_insightface, monkeypatch):
-    from falco.faces import insightface_zoo
     from falco.faces.detect import get_detector
     from falco.faces.insightface_zoo import ScrfdDetector
 
@@ -178,7 +178,7 @@ def test_scrfd_errors(tmp_path, tiny_insightface, monkeypatch):
         ScrfdDetector(path=bad).model()
     with pytest.raises(InputError, match="upsample"):
         ScrfdDetector(5)
-    monkeypatch.setattr(insightface_zoo.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps insightface==2.1"):
         get_detector("scrfd", models=tiny_insightface)
 

@@ -41,10 +41,22 @@ def test_token_weights_average_a_soft_mask_per_patch():
     torch.testing.assert_close(w[0, 1:], shares / shares.mean())
 
 
+def test_token_weights_clamp_the_mask_and_take_a_single_patch():
+    masks = torch.zeros(1, 4, 4)
+    masks[0, :2, :2] = 3.0  # out of range: counts as 1
+    masks[0, 2:, 2:] = -2.0  # counts as 0
+    clean = masks.clamp(0, 1)
+    torch.testing.assert_close(region_token_weights(masks, 5, 0.5), region_token_weights(clean, 5, 0.5))
+    torch.testing.assert_close(region_token_weights(masks, 5, 0.5)[0], torch.tensor([1.0, 0.5 + 2.0, 0.5, 0.5, 0.5]))
+    torch.testing.assert_close(region_token_weights(masks, 2, 0.5), torch.ones(1, 2))  # one patch: weight 1
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(masks=torch.zeros(2, 8), num_tokens=5, focus=0.5), "masks"),
     (dict(masks=torch.zeros(1, 8, 8), num_tokens=6, focus=0.5), "num_tokens"),
     (dict(masks=torch.zeros(1, 8, 8), num_tokens=5, focus=1.5), "focus"),
+    (dict(masks=torch.zeros(1, 8, 8), num_tokens=5, focus="0.5"), "focus"),
+    (dict(masks=torch.zeros(1, 8, 8), num_tokens=5, focus=True), "focus"),
 ])
 def test_token_weight_arguments_are_checked(kwargs, match):
     with pytest.raises(InputError, match=match):

@@ -19,6 +19,7 @@ from falco.run.manifest import RunManifest
 from falco.video.io import iter_frames, probe
 from falco.video.synth import make_clip, pan_frames
 from tests.conftest import shared_path
+from tests.test_video_io import _audio_packets as _audio, _times
 
 FRAMES = 24
 
@@ -51,16 +52,6 @@ def run(src: Path, out: Path, method: str, models: Path, **kw):
 def tracks(out: Path, source: str = "clip.mp4") -> list[dict]:
     with RunManifest(out) as m:
         return [f for f in m.faces() if f["source"] == source]
-
-
-def _times(path: Path) -> list[float]:
-    with av.open(str(path)) as c:
-        return [float(f.time) for f in c.decode(video=0)]
-
-
-def _audio(path: Path) -> list[bytes]:
-    with av.open(str(path)) as c:
-        return [bytes(p) for p in c.demux(audio=0) if p.size]
 
 
 def check_video(src: Path, out: Path, boxes: list[list[tuple]], *, min_change: float = 2.0) -> None:

@@ -127,10 +127,8 @@ def test_detector_errors(monkeypatch):
         get_detector("yunet", 7)
     with pytest.raises(InputError, match="score_threshold"):
         opencv_zoo.YunetDetector(score_threshold=1.5)
-    import falco.faces.mtcnn as mtcnn
-
     real = importlib.util.find_spec
-    monkeypatch.setattr(mtcnn.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "facenet_pytorch" else real(name, *a))
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps facenet-pytorch"):
         get_detector("mtcnn")

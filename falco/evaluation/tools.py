@@ -73,33 +73,13 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
         if name == "dlib":
             tools.recognizers["dlib"] = DlibRecognizer()
         elif name == "arcface":
-            try:
-                rec = ArcFaceRecognizer.from_models(models, device=device)
-            except FalcoError as exc:
-                tools._missing("arcface re-id", ("reid_rate.arcface", "rank1_identification.arcface"),
-                               f"ArcFace weights not available: {exc}", not isinstance(exc, ModelNotFoundError))
-                continue
-            if rec.tiny:
-                tools.notes.append("ArcFace comes from a tiny random model set: its re-identification numbers "
-                                   "are not meaningful")
-            tools.recognizers["arcface"] = rec
+            _add_recognizer(tools, name, "ArcFace weights", "ArcFace",
+                            lambda: ArcFaceRecognizer.from_models(models, device=device))
         elif name == "sface":
-            try:
-                tools.recognizers["sface"] = SFaceRecognizer.from_models(models)
-            except FalcoError as exc:
-                tools._missing("sface re-id", ("reid_rate.sface", "rank1_identification.sface"),
-                               f"SFace not available: {exc}", not isinstance(exc, ModelNotFoundError))
+            _add_recognizer(tools, name, "SFace", "SFace", lambda: SFaceRecognizer.from_models(models))
         elif name == "insightface":
-            try:
-                rec = InsightfaceRecognizer.from_models(models, device=device)
-            except FalcoError as exc:
-                tools._missing("insightface re-id", ("reid_rate.insightface", "rank1_identification.insightface"),
-                               f"insightface ArcFace not available: {exc}", not isinstance(exc, ModelNotFoundError))
-                continue
-            if rec.tiny:
-                tools.notes.append("insightface's ArcFace comes from a tiny random model set: its re-identification "
-                                   "numbers are not meaningful")
-            tools.recognizers["insightface"] = rec
+            _add_recognizer(tools, name, "insightface ArcFace", "insightface's ArcFace",
+                            lambda: InsightfaceRecognizer.from_models(models, device=device))
         else:
             raise InputError(f"recognizers: unknown {name!r}; choose from {', '.join(RECOGNIZERS)}")
 
@@ -127,6 +107,20 @@ def build_tools(*, detectors: Sequence[str], recognizers: Sequence[str], classif
             tools._missing("fid/kid", ("fid", "kid"), f"FID Inception weights not available: {exc}",
                            not isinstance(exc, ModelNotFoundError))
     return tools
+
+
+def _add_recognizer(tools: Tools, name: str, missing: str, subject: str, load) -> None:
+    """Load one optional recognizer into ``tools.recognizers[name]``, or record why it is not there."""
+    try:
+        rec = load()
+    except FalcoError as exc:
+        tools._missing(f"{name} re-id", (f"reid_rate.{name}", f"rank1_identification.{name}"),
+                       f"{missing} not available: {exc}", not isinstance(exc, ModelNotFoundError))
+        return
+    if getattr(rec, "tiny", False):
+        tools.notes.append(f"{subject} comes from a tiny random model set: its re-identification numbers "
+                           "are not meaningful")
+    tools.recognizers[name] = rec
 
 
 def _region_parser(tools: Tools, models, device: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import numpy as np
 
 from falco.errors import InputError
 
-__all__ = ["Box", "check_image", "hog_like_box"]
+__all__ = ["Box", "check_image", "hog_like_box", "package_unavailable"]
 
 #: ``(x0, y0, x1, y1)`` integer pixel bounds, half-open.
 Box = tuple[int, int, int, int]
@@ -44,3 +47,15 @@ def hog_like_box(box: Box) -> Box:
     side = 0.5 * (1.114 * w + 0.828 * h)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + 0.04 * h
     return (int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(cx + side / 2)), int(round(cy + side / 2)))
+
+
+def package_unavailable(module: str, name: str, install: str) -> str | None:
+    """None when the optional package ``module`` imports, else why not (``name``: its PyPI name;
+    ``install``: the command that installs it)."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return f"{name} is not installed; install it with: {install}"
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken install must not break the caller
+        return f"{name} is installed but does not import ({type(exc).__name__}: {exc})"
+    return None

@@ -31,7 +31,6 @@ insightface's metadata requires ``opencv-python``, which clashes with falco's
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -40,8 +39,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from falco.errors import InputError, ModelNotFoundError
-from falco.faces.checks import Box, check_image, hog_like_box
-from falco.faces.opencv_zoo import YunetFace
+from falco.faces.checks import Box, check_image, hog_like_box, package_unavailable
+from falco.faces.opencv_zoo import YunetFace, check_detector_settings
 
 __all__ = [
     "INSIGHTFACE_INSTALL",
@@ -66,13 +65,7 @@ _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 def insightface_unavailable() -> str | None:
     """None when insightface can be used, else the reason it cannot."""
-    if importlib.util.find_spec("insightface") is None:
-        return f"insightface is not installed; install it with: {INSIGHTFACE_INSTALL}"
-    try:
-        import insightface.model_zoo  # noqa: F401
-    except Exception as exc:  # a broken install must not break the caller
-        return f"insightface is installed but does not import ({type(exc).__name__}: {exc})"
-    return None
+    return package_unavailable("insightface.model_zoo", "insightface", INSIGHTFACE_INSTALL)
 
 
 def onnx_providers(device: str | None = None) -> list[str]:
@@ -153,10 +146,7 @@ class ScrfdDetector:
                  models: str | os.PathLike | None = None, path: str | os.PathLike | None = None,
                  device: str | None = None, max_pixels: int = 16_000_000,
                  landmarker: Callable[[np.ndarray, Box], np.ndarray] | None = None) -> None:
-        if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
-            raise InputError(f"upsample must be an int in 0..4, got {upsample!r}")
-        if not 0.0 < float(score_threshold) < 1.0:
-            raise InputError(f"score_threshold must be in (0, 1), got {score_threshold!r}")
+        check_detector_settings(upsample, score_threshold)
         self.upsample = int(upsample)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)

@@ -9,13 +9,12 @@ minimum face size 20 px, as the package ships them.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from typing import Callable
 
 import numpy as np
 
 from falco.errors import InputError, ModelNotFoundError
-from falco.faces.checks import Box, check_image, hog_like_box
+from falco.faces.checks import Box, check_image, hog_like_box, package_unavailable
 
 __all__ = ["MTCNN_INSTALL", "MtcnnDetector", "mtcnn_boxes", "mtcnn_unavailable"]
 
@@ -24,13 +23,7 @@ MTCNN_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0  (never with its d
 
 def mtcnn_unavailable() -> str | None:
     """None when MTCNN can be used, else the reason it cannot."""
-    if importlib.util.find_spec("facenet_pytorch") is None:
-        return f"facenet-pytorch is not installed; install it with: {MTCNN_INSTALL}"
-    try:
-        import facenet_pytorch  # noqa: F401
-    except Exception as exc:  # a broken install must not break the caller
-        return f"facenet-pytorch is installed but does not import ({type(exc).__name__}: {exc})"
-    return None
+    return package_unavailable("facenet_pytorch", "facenet-pytorch", MTCNN_INSTALL)
 
 
 @functools.cache

@@ -146,6 +146,14 @@ def _session(path: str, dynamic_hw: bool):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def check_detector_settings(upsample: object, score_threshold: object) -> None:
+    """Raise InputError unless ``upsample`` is an int in 0..4 and ``score_threshold`` in (0, 1)."""
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
+        raise InputError(f"upsample must be an int in 0..4, got {upsample!r}")
+    if not 0.0 < float(score_threshold) < 1.0:
+        raise InputError(f"score_threshold must be in (0, 1), got {score_threshold!r}")
+
+
 @dataclass(frozen=True)
 class YunetFace:
     """One YuNet detection: box ``(x0, y0, x1, y1)`` floats, score, 5 points ``[5, 2]`` (image-left eye first)."""
@@ -173,10 +181,7 @@ class YunetDetector:
     def __init__(self, upsample: int = 1, *, score_threshold: float = 0.6, nms_threshold: float = 0.3,
                  models: str | os.PathLike | None = None, max_pixels: int = 16_000_000,
                  landmarker: Callable[[np.ndarray, Box], np.ndarray] | None = None) -> None:
-        if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or not 0 <= upsample <= 4:
-            raise InputError(f"upsample must be an int in 0..4, got {upsample!r}")
-        if not 0.0 < float(score_threshold) < 1.0:
-            raise InputError(f"score_threshold must be in (0, 1), got {score_threshold!r}")
+        check_detector_settings(upsample, score_threshold)
         self.upsample = int(upsample)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
