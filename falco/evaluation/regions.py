@@ -87,16 +87,15 @@ def part_changes(real: np.ndarray, anon: np.ndarray, landmarks: Sequence[np.ndar
 
 
 def _lpips_maps(net: Any, real: Sequence[np.ndarray], anon: Sequence[np.ndarray]) -> np.ndarray:
-    """LPIPS distance maps of crop pairs (uint8 RGB), one ``[H, W]`` per pair."""
+    """LPIPS distance maps of crop pairs (uint8 RGB, ``CROP_SIZE`` px), one ``[H, W]`` per pair."""
     import torch
 
+    from falco.latent.images import to_tensor
+
     device = next(net.parameters()).device
-
-    def tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-
+    a, b = (to_tensor(np.stack(crops), size=CROP_SIZE, device=device) for crops in (real, anon))
     with torch.no_grad():
-        return net(tensor(real), tensor(anon), spatial=True).cpu().numpy()
+        return net(a, b, spatial=True).cpu().numpy()
 
 
 def summarise_part_changes(run: dict, counts: dict, details: dict, rows: Sequence[dict[str, float | None]], *,

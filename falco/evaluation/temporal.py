@@ -40,6 +40,7 @@ def _lpips(models: str | Path | None) -> tuple[Any, str | None]:
     """falco's LPIPS (AlexNet v0.1, :mod:`falco.models.lpips`) on two uint8 frames, or (None, why not)."""
     import torch
 
+    from falco.latent.images import dequantize
     from falco.models.lpips import load_lpips
 
     try:
@@ -48,7 +49,7 @@ def _lpips(models: str | Path | None) -> tuple[Any, str | None]:
         return None, f"not computed: LPIPS could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})"
 
     def distance(x: np.ndarray, y: np.ndarray) -> float:
-        t = [torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1)[None].float() / 127.5 - 1 for v in (x, y)]
+        t = [dequantize(torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1)[None]) for v in (x, y)]
         with torch.no_grad():
             return float(net(*t)[0])
 

@@ -97,10 +97,8 @@ class FaceRun:
                  upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
                  select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, models: Any = None) -> None:
-        if isinstance(detector, str) and models is not None:  # the model set's detector file (YuNet, SCRFD)
+        if isinstance(detector, str):  # fails fast: an unknown name, a missing model or package
             detector = get_detector(detector, upsample, models=models)
-        elif isinstance(detector, str):
-            get_detector(detector, upsample)  # fail fast: an unknown name, a missing model or package
         self.items = list(items)
         self.manifest = manifest
         self.detector = detector
