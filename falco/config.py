@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from falco.errors import InputError
+from falco.faces.detect import DEFAULT_DETECTOR
 from falco.faces.regions import DEFAULT_FEATHER
 from falco.latent.optimise import FalcoParams
 from falco.run.image_files import DEFAULT_MAX_PIXELS
@@ -39,7 +40,7 @@ class InvertConfig:
     batch_size: int = 8
     device: str = "auto"
     refine_steps: int = 0
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     upsample: int = 1
     align_size: int = 256
     seed: int = 0
@@ -73,7 +74,7 @@ class AnonymizeConfig:
     # the other methods' own options (``--blur-preset`` -> ``preset``, ...)
     method_options: dict = dataclasses.field(default_factory=dict)
     # detection
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     upsample: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
     # output
@@ -99,6 +100,12 @@ class AnonymizeConfig:
     detect_every: int = 1
     video_steps: int = 10
     video_segment: int = 120
+    # videos: identity policy (falco.video.policy); across videos implies merging within one
+    merge_tracks: bool = False
+    same_identity_across_videos: bool = False
+    # image sequences (``--sequence``): folders of numbered frames anonymized as videos; their frame rate
+    sequence: bool = False
+    sequence_fps: float = 25.0
 
     def __post_init__(self) -> None:
         from falco.export import check_export
@@ -120,6 +127,9 @@ class AnonymizeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        fps = self.sequence_fps
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
+            raise InputError(f"--sequence-fps must be a number in (0, 1000], got {fps!r}")
 
     def _check_regions(self) -> None:
         """``keep``/``change``: names (or a comma-separated string) of parts and groups, not both."""

@@ -14,7 +14,12 @@ Times are CPU seconds (the workers' included), so that a busy shared machine doe
 * the whole evaluation of one anonymized folder: today's path (memory cache only, one
   process), the new path with a cold disk cache, again as a second invocation would run it
   (fresh in-memory cache, warm disk cache), and with a cold disk cache and ``--workers N``
-  (the workers' start-up, a fresh interpreter and models each, is counted).
+  (the workers' start-up, a fresh interpreter and models each, is counted);
+* the torch networks (ArcFace IR-SE50, FaRL CelebA, FID Inception, at full size with random
+  weights: speed only), faces/s through the evaluation's own code, per photo (one call per photo,
+  as ``--eval-batch-size 0``) against the batched pass across photos (``--eval-batch-size N``),
+  on ``--device`` (the default is the CPU; the GPU figure, the point of batching, needs a GPU:
+  ``--device cuda``). Wall-clock on CUDA, CPU seconds on the CPU.
 """
 
 from __future__ import annotations
@@ -139,18 +144,99 @@ def whole(real: Path, anon: Path, detectors: list[str], workers: int,
             (f"new, cold disk cache, --workers {workers}", t_par, w_par)]
 
 
+def _full_size_networks(device: str):
+    """ArcFace IR-SE50, FaRL ViT-B/16 + CelebA head and the FID Inception, random weights, on ``device``."""
+    import torch
+
+    from falco.evaluation.farl_attributes import FaRLAttributeHead, FaRLCelebAClassifier
+    from falco.evaluation.quality import FIDInception, random_fid_inception_state
+    from falco.faces.recognizers import ArcFaceRecognizer
+    from falco.models.arcface import Backbone, IdentityEncoder
+    from falco.models.farl import FaRLConfig, FaRLEncoder, build_visual
+
+    torch.manual_seed(0)
+    arcface = ArcFaceRecognizer(IdentityEncoder(Backbone(50, "ir_se").eval()).to(device), device=device)
+    farl = FaRLCelebAClassifier(FaRLEncoder(build_visual(FaRLConfig())), FaRLAttributeHead(768, 40), device=device)
+    inception = FIDInception()
+    inception.net.load_state_dict({k: v for k, v in random_fid_inception_state().items() if not k.startswith("fc.")},
+                                  strict=False)
+    return arcface, farl, inception.to(device).eval()
+
+
+def networks(real: Path, anon: Path, batch_size: int, device: str) -> list[tuple[str, int, float, float]]:
+    """``(network, crops, per-photo crops/s, batched crops/s)`` through :func:`collect_run`'s per-photo assembly
+    and :func:`~falco.evaluation.batched.run_networks` (the dlib part done beforehand, not timed)."""
+    import dataclasses
+
+    import torch
+
+    from falco.evaluation import collect
+    from falco.evaluation.batched import run_networks
+    from falco.evaluation.common import FeatureCache
+    from falco.evaluation.detection import get_eval_detector
+    from falco.evaluation.pairing import list_photo_pairs
+    from falco.evaluation.tools import Tools
+    from falco.run.image_files import load_image
+
+    cache = FeatureCache()
+    ref = get_eval_detector("hog", 1)
+    photos = [collect._photo_faces(Tools(), cache, ref, pp.source, load_image(pp.real), load_image(pp.anon), None,
+                                   pair_iou=0.3) for pp in list_photo_pairs(real, anon) if pp.anon is not None]
+    faces = sum(len(p.faces) for p in photos)
+    arcface, farl, inception = _full_size_networks(device)
+    cuda = device.startswith("cuda")
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return _cpu()
+
+    def run(tools: Tools, batched: bool, subset: int | None = None) -> float:
+        fresh = [dataclasses.replace(p, crop_ok=None) for p in photos[:subset]]
+        data = collect.RunData(detections={}, real_emb={n: [] for n in tools.recognizers},
+                               anon_emb={n: [] for n in tools.recognizers})
+        c = FeatureCache()
+        picker = collect._Examples(0)
+        t = clock()
+        if batched:
+            run_networks(tools, c, fresh, batch_size=batch_size, device=device)
+        for p in fresh:
+            collect._assemble_photo(data, tools, c, p, picker, detection_iou=0.5, device=device)
+        return clock() - t
+
+    rows = []
+    for name, tools, crops in (("ArcFace IR-SE50", Tools(recognizers={"arcface": arcface}), 2 * faces),
+                               ("FaRL CelebA (ViT-B/16)", Tools(classifiers=[farl]), 2 * faces),
+                               ("FID Inception", Tools(inception=inception), 2 * faces)):
+        for batched in (False, True):  # warm-up, both ways: allocator, oneDNN/cuDNN kernels of each batch shape
+            run(tools, batched, None if cuda else 2)
+        t_photo, t_batch = run(tools, False), run(tools, True)
+        rows.append((name, crops, crops / t_photo, crops / t_batch))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "celeba-ids" / "clr")
     ap.add_argument("--photos", type=int, default=30)
     ap.add_argument("--detectors", default="hog,cnn:0")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the torch networks run (batched pass: cuda)")
+    ap.add_argument("--eval-batch-size", type=int, default=None, help="batched pass: crops per call "
+                    "(default 64 on CUDA, 16 on the CPU)")
+    ap.add_argument("--network-photos", type=int, default=12, help="photos for the torch-network rows "
+                    "(full-size networks are slow on a CPU)")
+    ap.add_argument("--only-networks", action="store_true", help="only the torch-network rows")
     args = ap.parse_args()
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         tmp = Path(tmp)
+        _network_rows(args, tmp)
+        if args.only_networks:
+            return
         real, anon = _photos(args.real, args.photos, tmp)
-        print(f"{args.photos} photos of {args.real}; detectors {', '.join(detectors)}; recogniser dlib")
+        print(f"\n{args.photos} photos of {args.real}; detectors {', '.join(detectors)}; recogniser dlib")
         print("\nper metric, real photos   photos  today photos/CPU-s  warm cache photos/CPU-s  speed-up")
         for name, n, t_today, t_warm in per_metric(real, detectors, tmp / "metric-cache"):
             print(f"{name:26s} {n:6d} {n / t_today:19.1f} {n / max(t_warm, 1e-9):24.1f} "
@@ -159,6 +245,24 @@ def main() -> None:
         rows = whole(real, anon, detectors, args.workers, tmp / "eval-cache")
         for name, t, w in rows:
             print(f"{name:44s} {t:6.1f} {args.photos / t:13.2f} {rows[0][1] / t:8.2f}x  ({w:.1f})")
+
+
+def _network_rows(args, tmp: Path) -> None:
+    from falco.evaluation.batched import DEFAULT_BATCH_SIZE
+
+    cuda = args.device.startswith("cuda")
+    size = args.eval_batch_size or DEFAULT_BATCH_SIZE["cuda" if cuda else "cpu"]
+    real, anon = _photos(args.real, args.network_photos, tmp / "networks")
+    unit = "crops/s" if cuda else "crops/CPU-s"
+    print(f"torch networks on {args.device}, {args.network_photos} photos of {args.real}, full size, random weights; "
+          f"batched pass: {size} crops per call")
+    print(f"network                    crops  per photo {unit:>11s}  batched {unit:>11s}  speed-up")
+    for name, n, per_photo, batched in networks(real, anon, size, args.device):
+        print(f"{name:26s} {n:5d} {per_photo:22.2f} {batched:20.2f} {batched / per_photo:8.2f}x")
+    if not cuda:
+        print("(CPU figures: batching is for the GPU, where per-photo calls of 1-3 faces leave it idle; the GPU "
+              "figure needs a GPU: run with --device cuda there. eval-attributes batches on the CPU too "
+              "(16 crops per call) since it measured at least as fast there; --eval-batch-size 0 turns it off.)")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ declare -A TESTS=(
   [pixels]="tests/test_imageio.py tests/test_promise_pixels.py tests/test_promise_metadata.py tests/test_promise_mutants.py"
   [guard]="tests/test_guard.py tests/test_promise_guard.py tests/test_promise_mutants.py"
   [paste]="tests/test_promise_paste.py tests/test_promise_region.py tests/test_promise_mutants.py tests/test_align.py"
-  [mixing]="tests/test_anonymize.py tests/test_promise_params.py tests/test_promise_mutants.py tests/test_region_focus.py tests/test_anonymize_cli.py"
+  [mixing]="tests/test_anonymize.py tests/test_promise_params.py tests/test_promise_mutants.py tests/test_region_focus.py tests/test_anonymize_cli.py tests/test_promise_mixing.py"
   [config]="tests/test_promise_params.py tests/test_promise_mutants.py"
 )
 # module -> pytest -k expression leaving out the slow end-to-end tests (each surviving mutant
@@ -47,7 +47,7 @@ declare -A TESTS=(
 declare -A KEXPR=(
   [pixels]="not (test_no_metadata_reaches_any_output and (anonygan or falco or deepprivacy or ciagan))"
   [guard]="not test_faces_the_guard_passed and not test_keep_identity and not test_falco_redo and not test_enforce_blurs"
-  [mixing]="test_mix_codes or test_params_are_validated or test_amp_flag or test_zero_steps or test_only_the_middle or test_on_step or test_lr_decays or test_falco_params_and or test_identity_loss_at_step_1 or test_margin_pulls or test_promise_mutants or test_the_masks_weigh or test_region_focus_is_checked or test_a_failing_compile"
+  [mixing]="test_mix_codes or test_params_are_validated or test_amp_flag or test_zero_steps or test_only_the_middle or test_on_step or test_lr_decays or test_falco_params_and or test_identity_loss_at_step_1 or test_margin_pulls or test_promise_mutants or test_the_masks_weigh or test_region_focus_is_checked or test_a_failing_compile or test_promise_mixing"
 )
 # module -> "file:function ..." whose decorator is moved below the function in the copy: mutmut 3
 # never mutates a decorated function, so `@app.command(...) def anonymize_command` would give no

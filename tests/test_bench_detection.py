@@ -76,3 +76,50 @@ def test_main_runs_hog_on_a_subset(tmp_path, capsys):
     assert [(r["detector"], r["dataset"], r["photos"]) for r in data["rows"]] == [("hog", "faces", 2),
                                                                                 ("hog", "celeba", 2)]
     assert data["best"] == "hog:1" and "| hog | 1 | celeba | 100.0 % (2/2)" in capsys.readouterr().out
+
+
+def test_jaw_deviation_is_measured_against_dlibs_landmarks_in_the_annotated_box():
+    from PIL import Image
+
+    from falco.faces.detect import get_detector
+
+    truth = bench.annotated_boxes(shared_path("data", "faces"))
+    name = "2008_001322.jpg"
+    image = np.asarray(Image.open(shared_path("data", "faces", name)).convert("RGB"))
+    boxes = truth[name]
+    hog = get_detector("hog")
+
+    class Shifted:
+        """Finds the annotated boxes; its jaw points lie 3 px right of dlib's, the rest 9 px (not the jaw)."""
+
+        def detect(self, img):
+            return [(b, 1.0) for b in boxes]
+
+        def landmarks(self, img, box):
+            lm = hog.landmarks(img, box).copy()
+            lm[:17, 0] += 3
+            lm[17:, 1] += 9
+            return lm
+
+    sample = bench.Sample(name, image, boxes)
+    row = bench.run_one(Shifted, "shifted", 1, "faces", [sample], 0.3)
+    expected = []
+    for b in boxes:
+        ref = hog.landmarks(image, b)
+        expected.append(3 / np.linalg.norm(ref[36:42].mean(0) - ref[42:48].mean(0)))
+    assert row.found == len(boxes) == len(row.jaw)
+    assert row.jaw == pytest.approx(expected, rel=1e-9)
+    assert row.jaw_quantile(0.5) == pytest.approx(float(np.median(expected)))
+    assert "| shifted | 1 | faces | 100.0 % " in bench.table([row]) and f"{np.median(expected):.3f} / " in bench.table([row])
+
+
+def test_recommendation_prefers_the_closer_jaw_at_equal_recall():
+    fast = bench.Row("fast", 1, "faces", photos=2, faces=2, found=2, cpu_seconds=1.0, jaw=[0.05, 0.30])
+    slow = bench.Row("slow", 1, "faces", photos=2, faces=2, found=2, cpu_seconds=8.0, jaw=[0.05, 0.10])
+    assert bench.recommend([fast, slow]) == "slow:1"
+    # within the tolerance, speed decides
+    near = bench.Row("near", 1, "faces", photos=2, faces=2, found=2, cpu_seconds=1.0, jaw=[0.05, 0.11])
+    assert bench.recommend([near, slow]) == "near:1"
+    # recall first
+    missing = bench.Row("missing", 1, "faces", photos=2, faces=2, found=1, cpu_seconds=8.0, jaw=[0.0])
+    assert bench.recommend([missing, fast]) == "fast:1"

@@ -176,3 +176,14 @@ def test_cli_protocol_and_cache(celeba, tmp_path):
     assert bad.exit_code != 0 and "not both" in (bad.output + str(bad.exception))
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "r5"), "--protocol", "cigan"])
     assert bad.exit_code != 0 and "--protocol must be one of" in (bad.output + str(bad.exception))
+
+
+def test_ciagan_protocol_refuses_detectors_and_says_workers_are_unused(celeba, tmp_path, caplog):
+    base = dict(real=celeba["real"], anon=(celeba["grey"],), names=("grey",), recognizers=("dlib",),
+                protocol="ciagan", progress=False)
+    with pytest.raises(InputError, match=r"^--detectors mtcnn: --protocol ciagan detects with dlib's HOG \(hog:1\)"):
+        evaluate(EvalConfig(**base, detectors=("mtcnn",)))
+    with caplog.at_level("WARNING", logger="falco.evaluation.evaluate"):
+        report = evaluate(EvalConfig(**base, workers=2))
+    assert "--workers 2: not used by --protocol ciagan" in caplog.text
+    assert report.runs["grey"]["detection_rate"]["dlib"] == 0.0

@@ -112,3 +112,23 @@ def test_videos_are_discovered_beside_photos_only_when_asked(tmp_path):
     assert [i.key for i in discover_inputs(tmp_path)] == ["a.jpg"]
     assert [i.key for i in discover_inputs(tmp_path, videos=True)] == ["a.jpg", "b.MP4", "c.webm"]
     assert set(CONTAINERS) == VIDEO_SUFFIXES and is_video("x.MKV") and not is_video("x.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_subtitle_streams_are_copied_untouched(tmp_path, suffix):
+    cues = [(0.0, 0.2, "first line"), (0.3, 0.5, "second line")]
+    src = make_clip(tmp_path / f"in{suffix}", _frames(12), fps=24, subtitles=cues)
+    out = tmp_path / f"out{suffix}"
+    _reencode(src, out, tmp_path, seg=5)
+    info = probe(out)
+    assert info.subtitles == probe(src).subtitles == 1 and info.frames == 12 and info.audio == 1
+
+    def cue_packets(path: Path) -> list[tuple[bytes, float]]:
+        # the MP4 muxer fills the gaps between mov_text cues with empty samples (2 zero bytes): cues only
+        with av.open(str(path)) as c:
+            return [(bytes(p), float(p.pts * p.time_base)) for p in c.demux(subtitles=0) if bytes(p).strip(b"\0")]
+
+    found = cue_packets(out)
+    assert found == cue_packets(src) and len(found) == 2
+    assert [t for _, t in found] == pytest.approx([0.0, 0.3], abs=1e-3)
+    assert b"second line" in found[1][0]

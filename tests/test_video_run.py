@@ -236,3 +236,70 @@ def test_segments_of_other_settings_are_not_reused(tmp_path):
     assert (first.work / "seg_000000.nut").exists()  # same settings: kept for the resume
     job("pixelate", 5)._check_work()
     assert not (first.work / "seg_000000.nut").exists() and (first.work / "settings.json").exists()
+
+
+def test_a_phone_video_stored_sideways_is_anonymized_upright_and_keeps_its_rotation(tiny_models, tmp_path,
+                                                                                    one_thread):
+    """Portrait phone video: frames stored turned by 90 degrees with a display matrix. Detected as stored,
+    the faces lie on their side and go unseen; falco finds them upright and writes the same orientation."""
+    from falco.faces.pipeline import detect_and_align
+    from falco.video.orientation import stored
+
+    photo = load_image(shared_path("data", "faces", "2008_001009.jpg"))
+    views = pan_frames(photo, 8, (200, 240), window=(80, 70, 280, 310), pan=(1.5, 0.5), zoom=0.004)
+    (tmp_path / "in").mkdir()
+    src = make_clip(tmp_path / "in" / "phone.mp4", views, fps=24, rotation=90)
+    info = probe(src)
+    assert info.rotation == 90 and (info.width, info.height) == (240, 200) and info.upright_size == (200, 240)
+    with av.open(str(src)) as c:
+        sideways = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert all(not detect_and_align(f, size=64) for f in sideways[:3])  # as stored, no face is found
+    upright_frames = [rgb for _, rgb, _ in iter_frames(src)]
+    assert [np.array_equal(stored(u, 90), s) for u, s in zip(upright_frames, sideways)] == [True] * 8
+    boxes = [[f.box for f in detect_and_align(rgb, size=64)] for rgb in upright_frames]
+    assert sum(map(len, boxes)) >= 14
+
+    out = tmp_path / "out"
+    summary = run(src.parent, out, "pixelate", tiny_models)
+    assert not summary.failed and summary.faces == 2
+    result = probe(out / "phone.mp4")
+    assert result.rotation == 90 and (result.width, result.height) == (240, 200) and result.frames == 8
+    for t, ((_, real, _), (_, anon, _)) in enumerate(zip(iter_frames(src), iter_frames(out / "phone.mp4"))):
+        for x0, y0, x1, y1 in boxes[t]:
+            x0, y0 = max(x0, 0), max(y0, 0)
+            diff = np.abs(real[y0:y1, x0:x1].astype(int) - anon[y0:y1, x0:x1]).mean()
+            assert diff > 2.0, f"frame {t}: face {(x0, y0, x1, y1)} unchanged ({diff:.2f})"
+
+
+def test_the_guard_redoes_a_falco_face_from_its_tracks_own_fake(tiny_models, tiny_bank, tmp_path, monkeypatch,
+                                                                 one_thread):
+    """A face the guard still recognises is re-done from its track's fake (not paired again with another
+    fake), with the identity weight tripled, so the track keeps one new identity."""
+    from falco.guard import IdentityCheck, PrivacyGuard, Recognizers
+    from falco.methods.falco import FalcoAnonymizer
+
+    monkeypatch.setattr(Recognizers, "check_many",  # the method's output: "still the same person", every face
+                        lambda self, original, output, faces: [[IdentityCheck("dlib", 0.1, True)] for _ in faces])
+    monkeypatch.setattr(PrivacyGuard, "_matches", lambda self, original, output, face: (False, []))
+    calls = []
+    real = FalcoAnonymizer.process_tracked
+
+    def spy(self, faces, neighbours, starts=None, steps=None):
+        calls.append((list(neighbours), self.params.lambda_id, starts is None))
+        return real(self, faces, neighbours, starts=starts, steps=steps)
+
+    monkeypatch.setattr(FalcoAnonymizer, "process_tracked", spy)
+    src = clip(tmp_path / "in", frames=4)
+    summary = run(src.parent, tmp_path / "out", "falco", tiny_models, guard="enforce", bank=tiny_bank,
+                  falco=FalcoParams(steps=1), video_steps=1)
+    assert not summary.failed
+    rows = tracks(tmp_path / "out")
+    assert len(rows) == 2
+    fakes = {row["neighbour"] for row in rows}
+    assert len(fakes) == 2
+    for row in rows:
+        assert row["draws"] == [row["neighbour"]] and row["guard_verdicts"] == {"redone": 4}
+    redos = [c for c in calls if c[1] == 30.0]  # lambda_id 10 x 3
+    assert len(redos) == 8  # 2 faces x 4 frames, one at a time, each from its own track's fake
+    assert all(len(n) == 1 and n[0] in fakes and cold for n, _, cold in redos)
+    assert sorted(n[0] for n, _, _ in redos) == sorted(list(fakes) * 4)

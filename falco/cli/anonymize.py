@@ -10,6 +10,7 @@ import typer
 from falco.cli.options import (device_option, falco_params, input_argument, max_pixels_option, models_option,
                                report_summary)
 from falco.errors import InputError
+from falco.faces.detect import DEFAULT_DETECTOR
 
 
 def anonymize_command(
@@ -41,7 +42,7 @@ def anonymize_command(
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last tensors (implies --modconv dense)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the render-and-loss step (slow first batch)."),
     loss_resolution: Optional[int] = typer.Option(None, "--loss-resolution", help="Compute the losses on the generator's skip output at this resolution (e.g. 256; faster, approximate)."),
-    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo), mtcnn (facenet-pytorch) or scrfd (insightface buffalo_l, non-commercial)."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", help="Face detector: yunet (OpenCV zoo, default: best recall and speed in scripts/bench_detection.py), hog, cnn (dlib), mtcnn (facenet-pytorch) or scrfd (insightface buffalo_l, non-commercial)."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     blur_preset: Optional[str] = typer.Option(None, "--blur-preset", help="blur: 9, 17 or heavy (falco's face region), or a published setup: ciagan-9x9, ciagan-17x17 (whole 128-px CIAGAN crop), deepprivacy-heavy, deepprivacy-gaussian (detector box)."),
     pixelate_blocks: Optional[int] = typer.Option(None, "--pixelate-blocks", help="pixelate: 8 or 16 blocks across the face region."),
@@ -66,6 +67,10 @@ def anonymize_command(
     detect_every: int = typer.Option(1, "--detect-every", min=1, help="Videos: run face detection every N frames (tracks fill the others)."),
     video_steps: int = typer.Option(10, "--video-steps", min=0, help="Videos, FALCO: steps of each frame after a track's first (warm start from the previous frame)."),
     video_segment: int = typer.Option(120, "--video-segment", min=1, help="Videos: frames per resumable segment."),
+    merge_tracks: bool = typer.Option(False, "--merge-tracks", help="Videos: tracks of one real person in a video (leaving and coming back) get the same new identity (recognised by dlib's face descriptor, distance < 0.6)."),
+    sequence: bool = typer.Option(False, "--sequence", help="Folders of numbered frames (INPUT itself or its sub-folders; png, jpg...) are videos: tracked, one identity per track, written with the same names, formats and sizes into a folder of the same name under --out."),
+    sequence_fps: float = typer.Option(25.0, "--sequence-fps", help="--sequence: the frames' rate (recorded in the manifest)."),
+    same_identity_across_videos: bool = typer.Option(False, "--same-identity-across-videos", help="Videos: the same real person gets the same new identity in every video of --out (multi-camera datasets; implies --merge-tracks). Keeps OUT/identities.json: mean face descriptors of the real people (biometric data; it stays in --out) and their identities, reused by later runs."),
 ) -> None:
     """Replace every face of INPUT by a person who does not exist (FALCO or a baseline)."""
     from falco.config import AnonymizeConfig
@@ -88,7 +93,9 @@ def anonymize_command(
                           keep_identity=tuple(keep_identity or ()), keep=keep, change=change,
                           region_feather=region_feather, region_masks=region_masks, progress=not no_progress,
                           codec=codec, crf=crf, keep_metadata=keep_metadata, detect_every=detect_every,
-                          video_steps=video_steps, video_segment=video_segment)
+                          video_steps=video_steps, video_segment=video_segment, merge_tracks=merge_tracks,
+                          same_identity_across_videos=same_identity_across_videos, sequence=sequence,
+                          sequence_fps=sequence_fps)
     summary = run_anonymize(cfg, echo=lambda msg: typer.echo(msg, err=True))
     report_summary(summary)
 

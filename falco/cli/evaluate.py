@@ -11,8 +11,8 @@ from falco.cli.options import device_option, models_option
 
 
 def eval_attributes_command(
-    real: Path = typer.Option(..., "--real", help="Folder of the original photos."),
-    anon: list[Path] = typer.Option(..., "--anon", help="Folder of anonymized photos (same relative paths); repeat to compare runs."),
+    real: Path = typer.Option(..., "--real", help="Folder of the original photos and/or videos, or one video."),
+    anon: list[Path] = typer.Option(..., "--anon", help="Folder of anonymized photos/videos (same relative paths), or the anonymized video; repeat to compare runs."),
     out: Path = typer.Option(Path("eval-report"), "--out", help="Report folder (report.json/.md/.html)."),
     pairs: Optional[list[Path]] = typer.Option(None, "--pairs", help="Run manifest to pair faces by (once, or once per --anon)."),
     name: Optional[list[str]] = typer.Option(None, "--name", help="Run name, once per --anon (default: folder name)."),
@@ -30,8 +30,10 @@ def eval_attributes_command(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Folder of the on-disk cache of the real photos' detections, landmarks and embeddings (default: $FALCO_EVAL_CACHE or ~/.cache/falco/eval)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the on-disk cache."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes running the dlib detectors of all photos in parallel first (protocols falco and deepprivacy)."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", min=0, help="Faces per call of the torch networks (ArcFace, FaRL, Inception; MTCNN photos on CUDA), batched across photos (default: 64 on CUDA, 16 on the CPU; 0: one call per photo)."),
+    video_every: int = typer.Option(2, "--video-every", min=1, help="Videos: measure every N-th frame (tOF/tLP on the pair N-1, N; 1: every frame, TecoGAN's figures)."),
 ) -> None:
-    """Measure detection, re-identification, attribute preservation and quality of anonymized photos."""
+    """Measure detection, re-identification, attribute preservation and quality of anonymized photos; for videos also tOF/tLP, PSNR/LPIPS and identity consistency."""
     from falco.evaluation.run import run_eval_attributes
     from falco.evaluation import EvalConfig
 
@@ -46,6 +48,7 @@ def eval_attributes_command(
     cfg = EvalConfig(real=real, anon=tuple(anon), names=tuple(name or ()), pairs=tuple(pairs or ()), labels=labels,
                      detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
                      upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device,
-                     progress=not no_progress, protocol=protocol, workers=workers,
+                     progress=not no_progress, protocol=protocol, workers=workers, video_every=video_every,
+                     eval_batch_size=eval_batch_size,
                      disk_cache=None if no_cache else (cache or default_cache_dir()))
     run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))

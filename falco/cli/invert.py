@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from falco.cli.options import device_option, input_argument, max_pixels_option, models_option, report_summary
+from falco.faces.detect import DEFAULT_DETECTOR
 
 
 def invert_command(
@@ -17,7 +18,7 @@ def invert_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces per encoder batch."),
     device: str = device_option(),
     refine_steps: int = typer.Option(0, "--refine-steps", min=0, help="Latent refinement steps after e4e (0 = off)."),
-    detector: str = typer.Option("hog", "--detector", help="Face detector: hog, cnn (dlib), yunet (OpenCV zoo) or mtcnn (facenet-pytorch)."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, "--detector", help="Face detector: yunet (OpenCV zoo, default: best recall and speed in scripts/bench_detection.py), hog, cnn (dlib) or mtcnn (facenet-pytorch)."),
     upsample: int = typer.Option(1, "--upsample", min=0, help="dlib upsampling for small faces."),
     seed: int = typer.Option(0, "--seed"),
     max_pixels: int = max_pixels_option(),

@@ -8,6 +8,11 @@ show (see :func:`example_candidates`).
 Everything per image is memoised in a :class:`~falco.evaluation.common.FeatureCache` under the
 image's content digest, so the real photos are analysed once for all runs and an anonymized
 photo identical to its real photo costs nothing.
+
+With ``batch_size`` (the default on CUDA, ``--eval-batch-size``), photos go in chunks: the CPU part
+of each photo first (boxes, landmarks, pairing), then the torch networks over all the chunk's faces
+in batches (:mod:`falco.evaluation.batched`, into the same cache), then the per-photo assembly,
+which finds the networks' outputs there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from falco.errors import ImageLoadError, InputError
+from falco.evaluation.batched import CHUNK_BYTES, CHUNK_FACES, PhotoFaces, run_networks
 from falco.evaluation.common import FeatureCache, image_digest, landmarks_key, progress_bar
 from falco.evaluation.detection import DetectionCount, count_detected, get_eval_detector, match_boxes
 from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
@@ -135,19 +141,41 @@ class _Examples:
 def collect_run(tools: Tools, cache: FeatureCache, photo_pairs: Sequence[PhotoPair],
                 manifest_faces: dict[str, list[ManifestFace]] | None, *, reference_detector: str = "hog",
                 upsample: int = 1, detection_iou: float = 0.5, pair_iou: float = 0.3, examples: int = 8,
-                device: str = "cpu", progress: bool = False, desc: str = "photos") -> RunData:
+                device: str = "cpu", progress: bool = False, desc: str = "photos", batch_size: int = 0,
+                chunk_faces: int = CHUNK_FACES, chunk_bytes: int = CHUNK_BYTES,
+                batch_stats: dict[str, list[int]] | None = None) -> RunData:
     """Analyse every photo pair of a run (see :mod:`falco.evaluation.pairing` for how faces pair).
 
     Args:
         examples: Faces the example grid shows (their crops are kept; 0: none).
         progress: Show a progress bar on stderr (one step per photo pair).
         desc: The bar's label.
+        batch_size: 0: each network once per photo; N: the batched pass
+            (:mod:`falco.evaluation.batched`), N crops per network call.
+        chunk_faces, chunk_bytes: The batched pass holds the decoded photos of up to this many
+            faces (and bytes) at a time.
+        batch_stats: Filled with what the batched pass ran (``{network: [calls, items]}``).
     """
     data = RunData(detections={n: DetectionCount() for n in tools.detectors},
                    real_emb={n: [] for n in tools.recognizers}, anon_emb={n: [] for n in tools.recognizers},
                    counts={"photos": len(photo_pairs), "photos_missing": 0, "photos_unreadable": 0})
     ref = get_eval_detector(reference_detector, upsample)
     picker = _Examples(examples)
+    chunk: list[PhotoFaces] = []
+    held = [0, 0]  # the chunk's faces and decoded bytes
+
+    def flush() -> None:
+        stats = run_networks(tools, cache, chunk, batch_size=batch_size, device=device)
+        if batch_stats is not None:
+            for name, (calls, items) in stats.items():
+                total = batch_stats.setdefault(name, [0, 0])
+                total[0] += calls
+                total[1] += items
+        for ph in chunk:
+            _assemble_photo(data, tools, cache, ph, picker, detection_iou=detection_iou, device=device)
+        chunk.clear()
+        held[:] = [0, 0]
+
     with progress_bar(photo_pairs, desc=desc, unit="photo", enabled=progress) as bar:
         for pp in bar:
             bar.set_postfix_str(f"{pp.source}, {len(data.faces)} faces")
@@ -166,9 +194,18 @@ def collect_run(tools: Tools, cache: FeatureCache, photo_pairs: Sequence[PhotoPa
                 data.problems.append(f"{pp.source}: anonymized photo is {anon_img.shape[1]}x{anon_img.shape[0]}, "
                                      f"real is {real_img.shape[1]}x{real_img.shape[0]}")
                 continue
-            _collect_photo(data, tools, cache, ref, pp.source, real_img, anon_img, manifest_faces, picker,
-                           detection_iou=detection_iou, pair_iou=pair_iou, device=device)
-            del real_img, anon_img  # one decoded pair at a time
+            ph = _photo_faces(tools, cache, ref, pp.source, real_img, anon_img, manifest_faces, pair_iou=pair_iou)
+            del real_img, anon_img
+            if batch_size <= 0:  # one decoded pair at a time
+                _assemble_photo(data, tools, cache, ph, picker, detection_iou=detection_iou, device=device)
+                continue
+            chunk.append(ph)  # the chunk's decoded pairs, until its networks have run
+            held[0] += len(ph.faces)
+            held[1] += ph.nbytes
+            if held[0] >= chunk_faces or held[1] >= chunk_bytes:
+                flush()
+        if chunk:
+            flush()
         bar.set_postfix_str(f"{len(data.faces)} faces")
     return data
 
@@ -178,26 +215,28 @@ def _boxes(cache: FeatureCache, det, digest: str, image: np.ndarray, persist: bo
                      persist=f"det:{det.spec}" if persist else None)
 
 
-def _inception(cache: FeatureCache, model, digest: str, crops: list[np.ndarray | None],
-               lms: list[np.ndarray], device: str) -> list[np.ndarray | None]:
-    """Inception features of one photo's crops (batched, cached by image and landmarks)."""
+def _inception(cache: FeatureCache, model, digest: str, image: np.ndarray, crops: list[np.ndarray | None],
+               lms: list[np.ndarray], ok: list[bool], device: str) -> list[np.ndarray | None]:
+    """Inception features of one photo's crops where ``ok`` (batched, cached by image and landmarks).
+
+    A crop left None where ``ok`` is aligned here, if its features are not in the cache yet.
+    """
     from falco.evaluation.quality import inception_features
 
     keys = [("inception", digest, landmarks_key(lm)) for lm in lms]
-    todo = [i for i, (k, c) in enumerate(zip(keys, crops, strict=True)) if c is not None and k not in cache]
+    todo = [i for i, (k, o) in enumerate(zip(keys, ok, strict=True)) if o and k not in cache]
     if todo:
-        for i, f in zip(todo, inception_features(model, [crops[i] for i in todo], device=device), strict=True):
+        batch = [crops[i] if crops[i] is not None else _crop(image, lms[i]) for i in todo]
+        for i, f in zip(todo, inception_features(model, batch, device=device), strict=True):
             cache.put(keys[i], f)
-    return [cache.get(k, lambda: None) if c is not None else None for k, c in zip(keys, crops, strict=True)]
+    return [cache.get(k, lambda: None) if o else None for k, o in zip(keys, ok, strict=True)]
 
 
-def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source: str, real_img: np.ndarray,
-                   anon_img: np.ndarray, manifest_faces, picker: _Examples, *, detection_iou: float,
-                   pair_iou: float, device: str) -> None:
+def _photo_faces(tools: Tools, cache: FeatureCache, ref, source: str, real_img: np.ndarray, anon_img: np.ndarray,
+                 manifest_faces, *, pair_iou: float) -> PhotoFaces:
+    """The CPU part of one photo pair: digests, the real faces and their landmarks, the paired anonymized faces."""
     rd, ad = image_digest(real_img), image_digest(anon_img)
-    for name, det in tools.detectors.items():
-        data.detections[name] += count_detected(_boxes(cache, det, rd, real_img, True),
-                                                _boxes(cache, det, ad, anon_img), detection_iou)
+    ph = PhotoFaces(source, real_img, anon_img, rd, ad)
     if manifest_faces is not None:
         faces = [FacePair(source, f.face_index, f.box, f.landmarks, status=f.status, regions=f.regions)
                  for f in manifest_faces.get(source, [])]
@@ -205,7 +244,7 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
         faces = [FacePair(source, i, b, _landmarks(cache, rd, real_img, b, True))
                  for i, b in enumerate(_boxes(cache, ref, rd, real_img, True))]
     if not faces:
-        return
+        return ph
     anon_boxes = _boxes(cache, ref, ad, anon_img)
     matched = {i: j for i, j, _ in match_boxes([f.real_box for f in faces], anon_boxes, pair_iou)}
     for i, face in enumerate(faces):
@@ -214,6 +253,19 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
         face.anon_landmarks = _landmarks(cache, ad, anon_img, face.anon_box or face.real_box)
         if manifest_faces is None:
             face.status = "paired" if face.anon_box is not None else "unmatched"
+    ph.faces = faces
+    return ph
+
+
+def _assemble_photo(data: RunData, tools: Tools, cache: FeatureCache, ph: PhotoFaces, picker: _Examples, *,
+                    detection_iou: float, device: str) -> None:
+    """Everything else of one photo pair into ``data`` (the networks' outputs from the cache when batched)."""
+    rd, ad, real_img, anon_img, faces = ph.rd, ph.ad, ph.real_img, ph.anon_img, ph.faces
+    for name, det in tools.detectors.items():
+        data.detections[name] += count_detected(_boxes(cache, det, rd, real_img, True),
+                                                _boxes(cache, det, ad, anon_img), detection_iou)
+    if not faces:
+        return
     real_lms = [f.real_landmarks for f in faces]
     anon_lms = [f.anon_landmarks for f in faces]
     for name, rec in tools.recognizers.items():
@@ -232,19 +284,25 @@ def _collect_photo(data: RunData, tools: Tools, cache: FeatureCache, ref, source
     data.part_change += cache.get(key, lambda: part_changes(real_img, anon_img, real_lms, parser=tools.parser,
                                                             lpips=tools.lpips))
     # FID crops and the example grid: the same region of both photos (the real face's alignment)
-    real_crops = [_crop(real_img, lm) for lm in real_lms]
-    anon_crops = [_crop(anon_img, lm) for lm in real_lms]
-    ok = [r is not None and a is not None for r, a in zip(real_crops, anon_crops, strict=True)]
+    if ph.crop_ok is None:
+        real_crops: list[np.ndarray | None] = [_crop(real_img, lm) for lm in real_lms]
+        anon_crops: list[np.ndarray | None] = [_crop(anon_img, lm) for lm in real_lms]
+        ok = [r is not None and a is not None for r, a in zip(real_crops, anon_crops, strict=True)]
+    else:  # the batched pass aligned them (and ran the Inception): align again only the examples
+        ok = list(ph.crop_ok)
+        real_crops, anon_crops = [None] * len(faces), [None] * len(faces)
+    shown = picker.candidates(ok)
+    for i in shown:
+        if real_crops[i] is None:
+            real_crops[i], anon_crops[i] = _crop(real_img, real_lms[i]), _crop(anon_img, real_lms[i])
     if tools.inception is not None:  # only the faces FID/KID use: both crops exist
-        data.real_feats += _inception(cache, tools.inception, rd, [c if o else None for c, o in zip(real_crops, ok)],
-                                      real_lms, device)
-        data.anon_feats += _inception(cache, tools.inception, ad, [c if o else None for c, o in zip(anon_crops, ok)],
-                                      real_lms, device)
+        data.real_feats += _inception(cache, tools.inception, rd, real_img, real_crops, real_lms, ok, device)
+        data.anon_feats += _inception(cache, tools.inception, ad, anon_img, anon_crops, real_lms, ok, device)
     else:
         data.real_feats += [None] * len(faces)
         data.anon_feats += [None] * len(faces)
     start = len(data.faces)
-    for i in picker.candidates(ok):
+    for i in shown:
         data.example_crops[start + i] = (real_crops[i], anon_crops[i])
     data.crop_ok += ok
     data.faces += faces

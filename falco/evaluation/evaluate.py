@@ -36,6 +36,7 @@ from falco.evaluation.detection import CNN_MAX_PIXELS, get_eval_detector
 from falco.evaluation.pairing import list_photo_pairs, manifest_path, read_manifest_faces, read_manifest_sources
 from falco.evaluation.summary import summarise_run
 from falco.evaluation.tools import Tools, build_tools
+from falco.video.io import is_video
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class EvalConfig:
         disk_cache: Folder of the on-disk cache of the real photos' detections, landmarks and
             embeddings (:mod:`falco.evaluation.disk_cache`); None: memory only.
         workers: Processes that run the dlib detectors ahead of the metrics (1: none).
+        eval_batch_size: Crops per call of the torch networks in the batched pass over many photos
+            (:mod:`falco.evaluation.batched`). None: 64 on CUDA, 16 on the CPU; 0: each network
+            once per photo (the per-photo path).
+        video_every: For videos (``real`` a video file, or videos in the folders; see
+            :mod:`falco.evaluation.video`): measure every ``video_every``-th frame.
     """
 
     real: Path
@@ -96,6 +102,8 @@ class EvalConfig:
     protocol: str = "falco"
     disk_cache: Path | None = None
     workers: int = 1
+    eval_batch_size: int | None = None  # batched network pass (falco.evaluation.batched); None: by device
+    video_every: int = 2  # videos (falco.evaluation.video): measure every N-th frame
 
 
 @dataclass
@@ -163,13 +171,25 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
     if not cfg.anon:
         raise InputError("at least one --anon folder is needed")
     real_root = Path(cfg.real)
-    if not real_root.is_dir():
-        raise InputError(f"--real {str(real_root)!r} is not a folder")
+    from falco.evaluation.video import has_photos, list_video_pairs
+
+    if not real_root.is_dir() and not (real_root.is_file() and is_video(real_root)):
+        raise InputError(f"--real {str(real_root)!r} is not a folder or a video")
+    if isinstance(cfg.video_every, bool) or not isinstance(cfg.video_every, int) or cfg.video_every < 1:
+        raise InputError(f"--video-every must be an integer >= 1, got {cfg.video_every!r}")
     cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
+    from falco.evaluation.batched import batch_plan
+
+    batched, batch_size = batch_plan(cfg.device, cfg.eval_batch_size)
     names, pairs = _run_names(cfg), _run_pairs(cfg)
     if cfg.protocol != "falco" and (cfg.labels is not None or cfg.pairs):
         raise InputError(f"--labels and --pairs belong to the falco protocol, not to --protocol {cfg.protocol}")
     cache = _with_disk(cache, cfg.disk_cache)
+    video_runs = {n: list_video_pairs(real_root, a) for n, a in zip(names, cfg.anon)}
+    video_runs = {n: v for n, v in video_runs.items() if v}
+    if video_runs and cfg.protocol == "ciagan":
+        raise InputError("--protocol ciagan evaluates photos only; evaluate videos with --protocol falco")
+    photos = not video_runs or has_photos(real_root)  # a folder without photo or video fails as before
     if cfg.protocol == "ciagan":
         return _ciagan(cfg, cache, say, names)
     if cfg.protocol == "deepprivacy":
@@ -187,17 +207,19 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         "not_installed": {label: list(keys) for label, keys in tools.not_installed.items()},
         "runs": {},
     })
-    run_pairs = [_pairs(real_root, Path(anon_root), manifest) for anon_root, manifest in zip(cfg.anon, pairs)]
+    run_pairs = [_pairs(real_root, Path(anon_root), manifest) for anon_root, manifest in zip(cfg.anon, pairs)] \
+        if photos else []
     if cfg.workers > 1:
         _prefetch_detections(cache, tools, [pp for p, _, _ in run_pairs for pp in p], workers=cfg.workers,
                             reference=cfg.reference_detector, upsample=cfg.upsample, with_landmarks=True,
                             progress=cfg.progress)
-    for name, anon_root, manifest, (photo_pairs, manifest_faces, extra) in zip(names, cfg.anon, pairs, run_pairs,
-                                                                               strict=True):
+    photo_runs = zip(names, cfg.anon, pairs, run_pairs, strict=True) if photos else ()
+    for name, anon_root, manifest, (photo_pairs, manifest_faces, extra) in photo_runs:
         say(f"evaluating {name}: {anon_root}")
         data = collect_run(tools, cache, photo_pairs, manifest_faces, reference_detector=cfg.reference_detector,
                            upsample=cfg.upsample, detection_iou=cfg.detection_iou, pair_iou=cfg.pair_iou,
-                           examples=cfg.examples, device=cfg.device, progress=cfg.progress, desc=f"{name}: photos")
+                           examples=cfg.examples, device=cfg.device, progress=cfg.progress, desc=f"{name}: photos",
+                           batch_size=batch_size if batched else 0)
         data.counts.update(extra)
         run, examples, faces = summarise_run(data, tools, cache, labels=labels, device=cfg.device,
                                              examples=cfg.examples, progress=cfg.progress, desc=f"{name}: metrics")
@@ -206,6 +228,15 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         report.data["runs"][name] = {"anon": str(anon_root), "pairing": pairing, **run}
         report.examples[name] = examples
         report.faces[name] = faces
+    if video_runs:
+        from falco.evaluation.video import evaluate_videos
+
+        say(f"evaluating videos: {sum(len(v) for v in video_runs.values())} pair(s)")
+        video = evaluate_videos(video_runs, tools, every=cfg.video_every, reference_detector=cfg.reference_detector,
+                                upsample=cfg.upsample, detection_iou=cfg.detection_iou, progress=cfg.progress,
+                                echo=say)
+        report.data["not_installed"].update(video.pop("not_installed"))
+        report.data["video"] = video
     if cfg.protocol == "deepprivacy":
         _deepprivacy_notes(report)
     return report
@@ -222,8 +253,14 @@ def _with_disk(cache: FeatureCache | None, folder: Path | None) -> FeatureCache:
 
 
 def _ciagan(cfg: EvalConfig, cache: FeatureCache, say, names: list[str]) -> EvaluationReport:
-    from falco.evaluation.protocols.ciagan import evaluate_ciagan
+    from falco.evaluation.protocols.ciagan import DETECTOR, evaluate_ciagan
 
+    if tuple(cfg.detectors) != EvalConfig.detectors:
+        raise InputError(f"--detectors {','.join(cfg.detectors)}: --protocol ciagan detects with dlib's HOG "
+                         f"({DETECTOR}) on the 128-px crops, as CIAGAN's code does; leave --detectors out")
+    if cfg.workers > 1:
+        log.warning("--workers %d: not used by --protocol ciagan (its HOG runs on 128-px crops, in this process)",
+                    cfg.workers)
     tools = build_tools(detectors=(), recognizers=cfg.recognizers, classifiers=(), fid=False, upsample=cfg.upsample,
                         models=cfg.models, device=cfg.device)
     for key in ("fid", "kid"):  # not part of the protocol, rather than "disabled"
@@ -260,7 +297,7 @@ def _pairs(real_root: Path, anon_root: Path, manifest: Path | None):
     for f in rows:
         by_source.setdefault(f.source, []).append(f)
     inputs = read_manifest_sources(manifest)
-    sources = sorted(set(by_source) | set(inputs))
+    sources = sorted(s for s in set(by_source) | set(inputs) if not is_video(s))  # videos: falco.evaluation.video
     photo_pairs = list_photo_pairs(real_root, anon_root, sources, {k: v for k, v in inputs.items() if v})
     return photo_pairs, by_source, {"manifest_faces_without_geometry": skipped}
 
@@ -282,7 +319,16 @@ def _settings(cfg: EvalConfig, tools: Tools) -> dict[str, Any]:
         "labels": str(cfg.labels) if cfg.labels else None,
         "models": str(cfg.models) if cfg.models else None,
         "device": cfg.device,
+        **_batch_settings(cfg),
     }
+
+
+def _batch_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """How the torch networks were fed: batched across photos (and how many crops a call), or per photo."""
+    from falco.evaluation.batched import batch_plan
+
+    batched, size = batch_plan(cfg.device, cfg.eval_batch_size)
+    return {"batched": batched, "eval_batch_size": size if batched else None}
 
 
 def _prefetch_one(path: str, specs: tuple[str, ...], ref_spec: str | None, real: bool,

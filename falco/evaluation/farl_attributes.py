@@ -184,8 +184,15 @@ class FaRLCelebAClassifier:
                 out.append(torch.sigmoid(self.head(tokens)).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
-    def predict_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> list[dict[str, str]]:
-        """Labels (``"1"`` / ``"0"``) of each face of a photo."""
-        crops = [warp_to_template(image, lm, 224) for lm in landmarks]
+    def face_crop(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The crop this classifier reads: the face warped onto facer's template. Shape: ``[224, 224, 3]`` uint8."""
+        return warp_to_template(image, landmarks, 224)
+
+    def predict_crops(self, crops: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        """Labels (``"1"`` / ``"0"``) of :meth:`face_crop` crops, of any photos (batched evaluation)."""
         probs = self.probabilities(crops)
         return [{a: "1" if p >= self.threshold else "0" for a, p in zip(self.attributes, row)} for row in probs]
+
+    def predict_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        """Labels (``"1"`` / ``"0"``) of each face of a photo."""
+        return self.predict_crops([self.face_crop(image, lm) for lm in landmarks])

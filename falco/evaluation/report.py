@@ -99,11 +99,15 @@ def _fmt(v: Any, kind: str) -> str:
 
 
 def markdown_table(data: dict[str, Any]) -> str:
-    """The summary table (rows = runs) as GitHub Markdown."""
+    """The summary table (rows = runs) as GitHub Markdown; then the videos' table when there is one."""
+    from falco.evaluation.video_report import video_table
+
     cols = _columns(data)
     lines = ["| run | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, run in data["runs"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(_get(run, key), kind) for _, key, kind in cols) + " |")
+    if data.get("video"):  # videos (falco.evaluation.video): their table, after the photos' when there are photos
+        return "\n".join(lines) + "\n\n" + video_table(data) if data["runs"] else video_table(data)
     return "\n".join(lines)
 
 
@@ -173,7 +177,8 @@ def _table_section(title: str, first: str, names: list[str], rows: list[list[str
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    out = [f"# falco evaluation: {len(data['runs'])} run(s) against `{data['real']}`", "",
+    out = [f"# falco evaluation: {len(data['runs'] or data.get('video', {}).get('runs', {}))} run(s) against "
+           f"`{data['real']}`", "",
            f"falco {data['falco']}, {data['created']}. Rates are percentages of the faces counted in `faces` "
            "(see report.json `counts`).", "", markdown_table(data), ""]
     out += _table_section("Attribute agreement (real vs anonymized)", "attribute", *_attribute_rows(data))
@@ -183,7 +188,11 @@ def _markdown(data: dict[str, Any]) -> str:
                           *_region_rows(data, "region_lpips", 4))
     out += _table_section("Region control read from the manifests (grey levels 0-255)", "parts",
                           *_region_rows(data, "region_check"))
-    out += ["## How the numbers were computed", ""] + [f"- {n}" for n in _method_notes(data)] + [""]
+    from falco.evaluation.video_report import video_markdown
+
+    out += video_markdown(data)
+    if data["runs"] or not data.get("video"):  # photo notes, unless the report holds videos only
+        out += ["## How the numbers were computed", ""] + [f"- {n}" for n in _method_notes(data)] + [""]
     missing = _missing(data)
     if missing:
         out += ["## Not computed", ""] + [f"- {m}" for m in missing] + [""]
@@ -338,6 +347,9 @@ def _html(data: dict[str, Any], files) -> str:
     names, lpips_rows = _region_rows(data, "region_lpips", 4)
     if lpips_rows:
         parts += ["<h2>Perceptual change per face part (LPIPS)</h2>", _html_table(["part"] + names, lpips_rows)]
+    from falco.evaluation.video_report import video_html
+
+    parts.append(video_html(data))
     parts += ["<h2>Examples (real | anonymized)</h2>", _examples_html(files),
               "<h2>How the numbers were computed</h2><ul>"
               + "".join(f"<li>{html.escape(n)}</li>" for n in _method_notes(data)) + "</ul>"]

@@ -1,18 +1,25 @@
 """Temporal metrics of an anonymized video against its real one.
 
 ``tOF`` and ``tLP`` as TecoGAN defines them (Chu et al., "Learning temporal coherence via
-self-supervision for GAN-based video generation", 2020): for each pair of consecutive frames,
-the difference between the real video's and the anonymized video's
+self-supervision for GAN-based video generation", 2020; thunil/TecoGAN ``metrics.py``): for each
+pair of consecutive frames ``(t-1, t)``, the difference between the real video's and the
+anonymized video's
 
-* optical flow (OpenCV Farneback): ``tOF = mean_t ‖OF(r_{t-1}, r_t) − OF(a_{t-1}, a_t)‖₁``, the L1
-  norm averaged over pixels (flow in pixels);
-* LPIPS distance between the two frames: ``tLP = mean_t |LP(r_{t-1}, r_t) − LP(a_{t-1}, a_t)|``
-  (falco's LPIPS, whose two files come from the model set; else ``"not computed: <reason>"``).
+* optical flow (OpenCV Farneback on grey frames, TecoGAN's parameters ``0.5, 3, 15, 3, 5, 1.2, 0``):
+  ``tOF = mean_t mean_px ‖OF(r_{t-1}, r_t) − OF(a_{t-1}, a_t)‖₂`` (the per-pixel length of the
+  flow difference, in pixels; TecoGAN's code says "l1" but takes this Euclidean norm), over the
+  flow cropped by :func:`crop_8x8`;
+* LPIPS distance between the two frames: ``tLP = 100 · mean_t |LP(r_{t-1}, r_t) − LP(a_{t-1}, a_t)|``
+  (TecoGAN's ×100, on :func:`crop_8x8` frames; falco's LPIPS, whose two files come from the model
+  set; else ``"not computed: <reason>"``).
 
 Lower is better: 0 when the anonymized video changes from frame to frame exactly as the real one.
+Per frame, TecoGAN also reports PSNR on the luma (:func:`psnr_y`, BT.601 Y of the cropped frames)
+and LPIPS between the real and anonymized frames. TecoGAN skips the first and last two frames of
+each clip (``cutfr = 2``, a super-resolution boundary effect); falco keeps every frame.
 ``identity_consistency`` measures flicker of identity: the real video's faces are tracked, and
 within each track the anonymized faces' dlib descriptors (read at the real landmarks) should
-stay one person.
+stay one person. ``falco eval-attributes`` runs all of these on videos (:mod:`falco.evaluation.video`).
 """
 
 from __future__ import annotations
@@ -25,15 +32,60 @@ import numpy as np
 from falco.errors import InputError
 from falco.video.io import iter_frames, probe
 
-__all__ = ["identity_consistency", "temporal_metrics"]
+__all__ = ["FARNEBACK", "crop_8x8", "flow", "flow_difference", "identity_consistency", "lpips_pairs", "psnr_y",
+           "temporal_metrics"]
+
+#: TecoGAN's Farneback parameters: pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags.
+FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def _flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+def crop_8x8(image: np.ndarray) -> np.ndarray:
+    """TecoGAN's centre crop: each side cut to a multiple of 32 at least 16 px shorter (``metrics.py``).
+
+    Shape: ``[H, W, ...]`` -> ``[h, w, ...]``; an image under 48 px a side is kept whole.
+    """
+    def span(n: int) -> slice:
+        m = (n // 32) * 32
+        while m > n - 16:
+            m -= 32
+        return slice((n - m) // 2, (n - m) // 2 + m) if m > 0 else slice(0, n)
+
+    return image[span(image.shape[0]), span(image.shape[1])]
+
+
+def flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Farneback optical flow from ``prev`` to ``cur`` (RGB uint8). Shape: ``[H, W, 3]`` -> ``[H, W, 2]``."""
     import cv2
 
     a = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY)
     b = cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY)
-    return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    return cv2.calcOpticalFlowFarneback(a, b, None, *FARNEBACK)
+
+
+def flow_difference(real_flow: np.ndarray, anon_flow: np.ndarray) -> float:
+    """One frame's tOF term: mean over the :func:`crop_8x8` pixels of ``‖real_flow − anon_flow‖₂``."""
+    d = crop_8x8(real_flow) - crop_8x8(anon_flow)
+    return float(np.sqrt((d * d).sum(axis=-1)).mean())
+
+
+def psnr_y(real: np.ndarray, anon: np.ndarray) -> float:
+    """TecoGAN's PSNR: on the BT.601 luma (16-235) of the :func:`crop_8x8` frames, peak 255; ``inf`` when equal."""
+    weights = np.array([0.256788235294118, 0.504129411764706, 0.097905882352941])
+    y = [crop_8x8(v).astype(np.float64) @ weights + 16.0 for v in (real, anon)]
+    mse = float(np.mean((y[0] - y[1]) ** 2))
+    return float("inf") if mse == 0.0 else float(20.0 * np.log10(255.0 / np.sqrt(mse)))
+
+
+def lpips_pairs(net: Any, first: list[np.ndarray], second: list[np.ndarray]) -> list[float]:
+    """LPIPS distance of each ``(first[i], second[i])``: uint8 RGB frames of one size, one batch on ``net``'s device."""
+    import torch
+
+    from falco.latent.images import dequantize
+
+    device = next(net.parameters()).device
+    t = [dequantize(torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2)).to(device) for v in (first, second)]
+    with torch.no_grad():
+        return [float(d) for d in net(*t).reshape(-1).cpu()]
 
 
 def _lpips(models: str | Path | None) -> tuple[Any, str | None]:
@@ -74,10 +126,9 @@ def temporal_metrics(real: str | Path, anon: str | Path, *, max_frames: int | No
         if max_frames is not None and t >= max_frames:
             break
         if prev is not None:
-            fr, fg = _flow(prev[0], r), _flow(prev[1], g)
-            tof.append(float(np.abs(fr - fg).sum(axis=-1).mean()))
+            tof.append(flow_difference(flow(prev[0], r), flow(prev[1], g)))
             if lp is not None:
-                tlp.append(abs(lp(prev[0], r) - lp(prev[1], g)))
+                tlp.append(100.0 * abs(lp(crop_8x8(prev[0]), crop_8x8(r)) - lp(crop_8x8(prev[1]), crop_8x8(g))))
         prev = (r, g)
     return {"frames": a.frames, "pairs": len(tof), "tOF": float(np.mean(tof)) if tof else None,
             "tLP": (float(np.mean(tlp)) if tlp else None) if lp is not None else why}

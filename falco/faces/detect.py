@@ -159,6 +159,11 @@ class CnnDetector(DlibDetector):
 
 
 _DETECTORS: dict[str, type[DlibDetector]] = {"hog": HogDetector, "cnn": CnnDetector}
+#: ``falco anonymize``'s and ``falco invert``'s detector, chosen from ``scripts/bench_detection.py``'s table (README):
+#: recall first (HOG and YuNet tie), then where the 68 landmarks fall (every method changes the region they draw:
+#: in YuNet's boxes dlib's predictor puts the jaw 6 % of the inter-ocular distance away from where it puts it in
+#: its own HOG boxes, median; 16 % at the 90th percentile), then speed (YuNet's).
+DEFAULT_DETECTOR = "hog"
 _BOX_ONLY = ("yunet", "mtcnn", "scrfd")
 #: Every detector name :func:`get_detector` takes.
 DETECTORS: tuple[str, ...] = ("hog", "cnn", *_BOX_ONLY)
@@ -191,7 +196,7 @@ def _box_detector(name: str, upsample: int, models: str | os.PathLike | None = N
     return MtcnnDetector(landmarker=landmarks)
 
 
-def get_detector(detector: str | Detector = "hog", upsample: int = 1, *,
+def get_detector(detector: str | Detector = DEFAULT_DETECTOR, upsample: int = 1, *,
                  models: str | os.PathLike | None = None) -> Detector:
     """Resolve a detector name (``'hog'``, ``'cnn'``, ``'yunet'``, ``'mtcnn'``, ``'scrfd'``) or pass an instance through.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from falco.errors import InputError
-from falco.faces.detect import Box, Detector, check_image, get_detector
+from falco.faces.detect import DEFAULT_DETECTOR, Box, Detector, check_image, get_detector
 from falco.faces.ffhq import AlignedFace, align_face, check_size
 
 __all__ = ["detect_and_align"]
@@ -14,7 +14,7 @@ __all__ = ["detect_and_align"]
 def detect_and_align(
     image: np.ndarray,
     size: int = 256,
-    detector: str | Detector = "hog",
+    detector: str | Detector = DEFAULT_DETECTOR,
     upsample: int = 1,
     *,
     transform_size: int | None = None,
@@ -28,10 +28,11 @@ def detect_and_align(
         image: The photo, as :func:`falco.run.image_files.load_image` returns it.
             Shape: ``[H, W, 3]`` uint8 RGB.
         size: Side of the aligned crops (e4e/FALCO: 256).
-        detector: ``'hog'`` (dlib's HOG, default), ``'cnn'`` (dlib's MMOD CNN; slow on CPU)
-            or any :class:`~falco.faces.detect.Detector`.
-        upsample: Times dlib doubles the photo before detecting (named detectors only);
-            1 finds faces down to about 40 px.
+        detector: A name of :data:`~falco.faces.detect.DETECTORS` (default ``'yunet'``, OpenCV's YuNet;
+            ``'hog'`` dlib's HOG, ``'cnn'`` dlib's MMOD CNN, slow on CPU) or any
+            :class:`~falco.faces.detect.Detector`.
+        upsample: Times the photo is doubled before detecting (named detectors only; YuNet: 1 is
+            the photo's own size); dlib's 1 finds faces down to about 40 px.
         transform_size: See :func:`~falco.faces.ffhq.align_face`.
 
     Returns:

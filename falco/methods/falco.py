@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,10 +226,20 @@ class FalcoAnonymizer(Anonymizer):
 
     def redo(self, photo: np.ndarray, face: AlignedFace, factor: float = 3.0) -> np.ndarray | None:
         """Anonymize ``face`` again with the identity weight times ``factor``; None if that fails."""
+        return self._redo(photo, face, factor, lambda: self.process([face])[0])
+
+    def redo_tracked(self, photo: np.ndarray, face: AlignedFace, neighbour: int,
+                     factor: float = 3.0) -> np.ndarray | None:
+        """:meth:`redo` from the fake ``neighbour`` (video: the track's own, so the re-done face keeps the
+        track's new identity), a full optimisation without warm start."""
+        return self._redo(photo, face, factor, lambda: self.process_tracked([face], [neighbour])[0])
+
+    def _redo(self, photo: np.ndarray, face: AlignedFace, factor: float, run: Callable[[], FalcoFace]
+              ) -> np.ndarray | None:
         saved = self.params
         self.params = replace(saved, lambda_id=saved.lambda_id * factor)
         try:
-            res = self.process([face])[0]
+            res = run()
         finally:
             self.params = saved
         return paste_back(photo, face, res.crop) if res.ok else None

@@ -57,7 +57,7 @@ def run_anonymize(cfg: AnonymizeConfig, *, echo=print) -> RunSummary:
     for ref in cfg.keep_identity:
         if not Path(ref).is_file():
             raise InputError(f"--keep-identity {str(ref)!r}: no such file")
-    items = discover_inputs(cfg.input, videos=True)
+    items = discover_inputs(cfg.input, videos=True, sequences=cfg.sequence)
     check_output_dir(cfg.out, cfg.input)
     device = local_device(resolve_device(cfg.device))
     method = method_class(cfg.method)
@@ -100,8 +100,9 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo, regions: Regio
     if regions is not None:
         provenance["regions"] = regions.record()
     finish = _photo_writer(cfg, anonymizer, guard, provenance, regions)
-    videos = [item for item in items if is_video(item.path)]  # falco.run.video: tracked, one identity per track
-    items = [item for item in items if not is_video(item.path)]
+    # falco.run.video: videos and image sequences (--sequence: folders), tracked, one identity per track
+    videos = [item for item in items if is_video(item.path) or item.path.is_dir()]
+    items = [item for item in items if not (is_video(item.path) or item.path.is_dir())]
     runner = FaceRun(items, manifest, detector=cfg.detector, upsample=cfg.upsample, align_size=256,
                      batch_size=cfg.batch_size, progress=cfg.progress, select=select,
                      max_pixels=cfg.max_pixels, models=cfg.models)
@@ -115,7 +116,7 @@ def _run(cfg: AnonymizeConfig, items, device: torch.device, echo, regions: Regio
 
             anonymizer.set_step_callback(None)
             summary.total += len(videos)
-            summary = run_videos(cfg, videos, anonymizer, guard, manifest, provenance, summary)
+            summary = run_videos(cfg, videos, anonymizer, guard, manifest, provenance, summary, regions=regions)
     finally:
         anonymizer.set_step_callback(None)
     faces = manifest.faces()

@@ -46,7 +46,7 @@ def _common_root(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([p.parent for p in paths])) if paths else Path("/")
 
 
-def discover_inputs(input_path: str | Path, *, videos: bool = False) -> list[InputItem]:
+def discover_inputs(input_path: str | Path, *, videos: bool = False, sequences: bool = False) -> list[InputItem]:
     """List the photos of an INPUT (photo, folder or list file), sorted by key.
 
     A list file's lines are relative to the list file (or absolute); their keys are their
@@ -57,11 +57,14 @@ def discover_inputs(input_path: str | Path, *, videos: bool = False) -> list[Inp
         InputError: the path does not exist, or a folder/list holds no image.
 
     With ``videos``, folders also yield videos (``falco.video.io.VIDEO_SUFFIXES``; ``falco anonymize``).
+    With ``sequences`` (``--sequence``), see :func:`discover_sequences`.
     """
     suffixes = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else frozenset())
     root = Path(input_path)
     if not root.exists():
         raise InputError(f"INPUT {str(root)!r} does not exist")
+    if sequences:
+        return discover_sequences(root, videos=videos)
     if root.is_dir():
         items = [InputItem(p.resolve(), p.relative_to(root).as_posix())
                  for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes]
@@ -82,6 +85,40 @@ def discover_inputs(input_path: str | Path, *, videos: bool = False) -> list[Inp
     keys = [i.key for i in items]
     if len(set(keys)) != len(keys):
         raise InputError(f"INPUT {str(root)!r} lists the same path twice")
+    return sorted(items, key=lambda i: i.key)
+
+
+def discover_sequences(root: Path, *, videos: bool = True) -> list[InputItem]:
+    """``--sequence``: every folder of INPUT (INPUT itself included) that directly holds images is one image
+    sequence, an item whose path is the folder and whose key is the folder relative to INPUT (INPUT's own name
+    for INPUT itself); videos are items as without ``--sequence``. Frames are ordered (and checked) by
+    :func:`falco.video.sources.sequence_frames` when the sequence runs.
+
+    Raises:
+        InputError: INPUT is neither a folder nor a video, or holds no image folder and no video.
+    """
+    if not root.is_dir():
+        if videos and root.suffix.lower() in VIDEO_SUFFIXES:
+            return [InputItem(root.resolve(), root.name)]
+        raise InputError(f"--sequence: INPUT {str(root)!r} must be a folder of numbered frames, or a folder of "
+                         "such folders")
+    items = []
+    for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        files = [p for p in folder.iterdir() if p.is_file()]
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            key = root.resolve().name if folder == root else folder.relative_to(root).as_posix()
+            items.append(InputItem(folder.resolve(), key))
+        if videos:
+            items += [InputItem(p.resolve(), p.relative_to(root).as_posix())
+                      for p in sorted(files) if p.suffix.lower() in VIDEO_SUFFIXES]
+    if not items:
+        raise InputError(f"--sequence: INPUT {str(root)!r} holds no folder of image frames "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))})" + (" and no video" if videos else ""))
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise InputError(f"--sequence: INPUT {str(root)!r} holds two inputs named {dup!r} (INPUT's own frames and "
+                         "a sub-folder of the same name): move one")
     return sorted(items, key=lambda i: i.key)
 
 
@@ -173,7 +210,7 @@ def read_json_object(path: Path, *, unreadable: str = "unreadable", expected: st
     return data
 
 
-__all__ = ["InputItem", "discover_inputs", "display_path", "check_writable_dir", "check_output_dir", "atomic_path",
+__all__ = ["InputItem", "discover_inputs", "discover_sequences", "display_path", "check_writable_dir", "check_output_dir", "atomic_path",
            "atomic_write_bytes", "atomic_write_text", "publish_mode",
            "save_tensors", "load_tensors", "read_json_object", "load_image", "save_image"]
 

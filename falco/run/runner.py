@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from falco.errors import FalcoError, ImageLoadError, RunAbortedError
 from falco.faces import AlignedFace, detect_and_align, get_detector
+from falco.faces.detect import DEFAULT_DETECTOR
 from falco.run.image_files import DEFAULT_MAX_PIXELS, load_image
 from falco.run.sharding import (barrier, current_shard, finish, init, launched_by_torchrun, merge_summaries,
                                shard_items)
@@ -93,7 +94,7 @@ class FaceRun:
             a second bar with the current batch's steps. False: no bar at all.
     """
 
-    def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = "hog",
+    def __init__(self, items: Sequence[InputItem], manifest: RunManifest, *, detector: Any = DEFAULT_DETECTOR,
                  upsample: int = 1, align_size: int = 256, batch_size: int = 8, progress: bool = True,
                  select: Callable[[np.ndarray, list[AlignedFace]], list[bool]] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, models: Any = None) -> None:

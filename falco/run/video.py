@@ -1,4 +1,8 @@
-"""``falco anonymize`` on videos: detect, track, anonymize with one identity per track, encode.
+"""``falco anonymize`` on videos and image sequences: detect, track, anonymize with one identity per track, encode.
+
+A job reads its frames and writes its output through a :class:`falco.video.sources.FrameSource`: a video file
+(segments encoded, then remuxed) or, with ``--sequence``, a folder of numbered frames (each frame written
+into the output folder as it is made; a segment's file lists its frames). Nothing else here differs.
 
 A video goes through two streaming passes (memory holds one frame plus per-frame face
 geometry, whatever the video's length):
@@ -16,6 +20,18 @@ finished segment. At the end the segments' packets and the input's audio streams
 into the output (same container and key as the input), written atomically; the work folder is
 removed and the manifest gets one row per track (its provenance) and one for faces the guard
 found on its own.
+
+As for photos, ``--keep``/``--change`` blend each frame after the method and before the guard
+(:class:`falco.run.regions.RegionControl`), and ``--keep-identity`` leaves alone the tracks whose face
+matches a reference on most of its described frames (:meth:`VideoJob.keep_identity`). A method that raises
+(a :class:`~falco.errors.FalcoError`) on one frame's faces costs that frame only: they get the ``--on-fail``
+cover and the video's row lists the frame (``failed_frames``); reading or writing errors fail the video.
+
+Under an identity policy that merges tracks (``--merge-tracks``, ``--same-identity-across-videos``;
+:mod:`falco.video.policy`), a pass between the two describes each track's face on a few of its
+frames (dlib's recogniser) and the tracks are grouped by person before the second pass; each
+track's row says which identity it got. The policy of an output folder cannot change once a video
+was finished in it (the run stops with an error instead of mixing policies).
 """
 
 from __future__ import annotations
@@ -38,8 +54,12 @@ from falco.run.inputs import InputItem
 from falco.run.manifest import RunManifest
 from falco.run.runner import RunSummary
 from falco.video.identity import TrackedMethod, video_seed
-from falco.video.io import SegmentWriter, VideoInfo, default_codec, iter_frames, mux_output, probe
-from falco.video.tracking import Detection, link_tracks
+from falco.run.regions import RegionControl
+from falco.video.io import VideoInfo
+from falco.video.sources import FrameSource, frame_source
+from falco.video.policy import IDENTITIES_FILE, IdentityMap, bank_fingerprint, cluster_tracks, identity_policy, \
+    sample_frames
+from falco.video.tracking import Detection, Track, link_tracks
 from falco.video.tracks import TrackFace, frame_faces
 
 log = logging.getLogger(__name__)
@@ -53,17 +73,22 @@ SIGMA = 1.0
 
 
 def run_videos(cfg: AnonymizeConfig, items: list[InputItem], anonymizer: Anonymizer, guard: Any,
-               manifest: RunManifest, provenance: dict, summary: RunSummary) -> RunSummary:
-    """Anonymize every unfinished video of ``items``; a failing video is recorded and the others go on."""
+               manifest: RunManifest, provenance: dict, summary: RunSummary, *,
+               regions: RegionControl | None = None) -> RunSummary:
+    """Anonymize every unfinished video (or image sequence: a folder) of ``items``; a failing video is recorded
+    and the others go on. ``regions`` (``--keep``/``--change``) blends every frame after the method."""
+    policy = check_policy(cfg, manifest)
+    identity_map = open_identity_map(cfg) if policy == "across-videos" else None
+    provenance = {**provenance, "identity_policy": policy}
     finished = manifest.finished_inputs()
-    if cfg.keep_identity or cfg.keep is not None or cfg.change is not None:
-        log.warning("--keep-identity, --keep and --change apply to photos only: every face of a video is anonymized whole")
+    references = reference_descriptors(cfg.keep_identity) if cfg.keep_identity else None
     for item in items:
         if item.key in finished:
             summary.skipped += 1
             continue
         try:
-            rows, outputs = VideoJob(cfg, item, anonymizer, guard, manifest).run()
+            rows, outputs = VideoJob(cfg, item, anonymizer, guard, manifest, identity_map=identity_map,
+                                     regions=regions, references=references).run()
         except (RunAbortedError, KeyboardInterrupt):
             raise
         except FalcoError as exc:
@@ -81,10 +106,71 @@ def run_videos(cfg: AnonymizeConfig, items: list[InputItem], anonymizer: Anonymi
                               outputs=outputs)
         if tracks:
             summary.done += 1
-            summary.faces += len(tracks)
+            summary.faces += sum(1 for r in tracks if r["status"] != "kept")
         else:
             summary.no_face += 1
     return summary
+
+
+def check_policy(cfg: AnonymizeConfig, manifest: RunManifest) -> str:
+    """The run's identity policy, after checking that the videos already finished in the output folder were
+    made under the same one (an unfinished video restarts under a new policy; see :meth:`VideoJob._check_work`)."""
+    from falco.run.sharding import current_shard
+
+    policy = identity_policy(cfg.merge_tracks, cfg.same_identity_across_videos)
+    before: dict[str, set[str]] = {}
+    for row in manifest.faces():
+        if row.get("track") is not None and row["status"] != "failed":  # a video's or an image sequence's track
+            before.setdefault(row.get("identity_policy", "track"), set()).add(row["source"])
+    for other, videos in sorted(before.items()):
+        if other != policy:
+            raise InputError(f"--out {cfg.out} holds {len(videos)} video(s) anonymized under the identity policy "
+                             f"{other!r} ({_flags(other)}, e.g. {sorted(videos)[0]}); this run asks for {policy!r} "
+                             f"({_flags(policy)}): give the same flags again, or another --out")
+    if policy == "across-videos":
+        if current_shard().distributed:
+            raise InputError("--same-identity-across-videos keeps one mapping of people for all videos; it cannot "
+                             "run split over several processes (torchrun): run it in one process")
+        if before and not (cfg.out / IDENTITIES_FILE).exists():
+            raise InputError(f"{cfg.out / IDENTITIES_FILE} is missing, but {len(before[policy])} video(s) of --out "
+                             "were anonymized with --same-identity-across-videos: restore it, or use another --out")
+    return policy
+
+
+def _flags(policy: str) -> str:
+    return {"track": "no identity flag", "merge-tracks": "--merge-tracks",
+            "across-videos": "--same-identity-across-videos"}[policy]
+
+
+def open_identity_map(cfg: AnonymizeConfig) -> IdentityMap:
+    """``<out>/identities.json`` (dlib's recogniser at its 0.6 threshold), read when an earlier run wrote it."""
+    from falco.faces.recognizers import DLIB_THRESHOLD
+
+    return IdentityMap(cfg.out / IDENTITIES_FILE, recognizer="dlib", threshold=DLIB_THRESHOLD)
+
+
+def reference_descriptors(paths: tuple[Path, ...]) -> np.ndarray:
+    """``--keep-identity``: dlib descriptors of the largest face of each reference photo (as for photos).
+
+    Shape: ``[len(paths), 128]``.
+
+    Raises:
+        InputError: A reference photo without a face.
+    """
+    from falco.faces.pipeline import detect_and_align
+    from falco.faces.recognizers import DlibRecognizer
+    from falco.run.image_files import load_image
+
+    rec = DlibRecognizer()
+    out = []
+    for path in paths:
+        image = load_image(path)
+        faces = detect_and_align(image, size=64)
+        if not faces:
+            raise InputError(f"--keep-identity {str(path)!r}: no face found in the reference photo")
+        largest = max(faces, key=lambda f: f.quad_size)
+        out.append(rec.embed(image, [largest.landmarks])[0])
+    return np.stack(out)
 
 
 def _fail(manifest: RunManifest, summary: RunSummary, item: InputItem, reason: str) -> None:
@@ -98,25 +184,42 @@ class VideoJob:
     """One video through both passes (see the module docstring)."""
 
     def __init__(self, cfg: AnonymizeConfig, item: InputItem, anonymizer: Anonymizer, guard: Any,
-                 manifest: RunManifest) -> None:
+                 manifest: RunManifest, *, identity_map: IdentityMap | None = None,
+                 regions: RegionControl | None = None, references: np.ndarray | None = None) -> None:
         self.cfg, self.item, self.anonymizer, self.guard, self.manifest = cfg, item, anonymizer, guard, manifest
+        self.source: FrameSource = frame_source(item.path, cfg.out / item.key, codec=cfg.codec, crf=cfg.crf,
+                                                fps=cfg.sequence_fps, quality=cfg.quality, format=cfg.format,
+                                                max_pixels=cfg.max_pixels)
+        self.regions = regions
+        self.references = references
+        if cfg.keep_identity and references is None:
+            self.references = reference_descriptors(cfg.keep_identity)
+        self.kept: dict[int, dict] = {}        # track -> its --keep-identity match (tracks left as they are)
         self.work = cfg.out / ".video" / f"{item.key}.work"
         self.seg = cfg.video_segment
         self.seed = video_seed(cfg.seed, item.key)
+        self.policy = identity_policy(cfg.merge_tracks, cfg.same_identity_across_videos)
+        self.identity_map = identity_map
+        if self.policy == "across-videos" and identity_map is None:
+            self.identity_map = open_identity_map(cfg)
+        self.keys: dict[int, str] = {}         # track -> identity key (merging policies)
+        self.identities: dict[int, dict] = {}  # track -> its identity fields in the manifest row
 
     # -- the whole video --------------------------------------------------------------------
     def run(self) -> tuple[list[dict], dict]:
-        info = probe(self.item.path)
+        info = self.source.probe()
         self._check_work()
         detections = self.detect_pass(info)
         n = len(detections)
         tracks = link_tracks(detections, max_gap=max(8, 2 * self.cfg.detect_every))
+        self.kept = self.keep_identity(info, tracks)
+        self.assign_identities(info, [t for t in tracks if t.id not in self.kept])
         per_frame = frame_faces(tracks, n, extend=EXTEND, extend_after=EXTEND + self.cfg.detect_every - 1,
                                 sigma=SIGMA)
         segments = self.anonymize_pass(info, per_frame)
-        final = self.cfg.out / self.item.key
-        mux_output(final, self.item.path, segments, keep_metadata=self.cfg.keep_metadata)
+        self.source.finish(segments, keep_metadata=self.cfg.keep_metadata)
         rows = self.track_rows(n)
+        failed = self.failed_frames(n)
         shutil.rmtree(self.work, ignore_errors=True)
         for folder in self.work.parents:  # the empty .video/ folders it lived in
             if folder == self.cfg.out:
@@ -125,16 +228,24 @@ class VideoJob:
                 folder.rmdir()
             except OSError:
                 break
-        return rows, {"video": self.item.key, "frames": n, "size": [info.height, info.width],
-                      "audio_streams": info.audio, "codec": self._codec()}
+        outputs = {self.source.kind: self.item.key, **self.source.outputs(info)}
+        if failed:
+            outputs["failed_frames"] = failed
+        return rows, outputs
 
     def _check_work(self) -> None:
         """Keep an interrupted run's segments only if they were made with the same settings."""
         cfg = self.cfg
         settings = {"method": cfg.method, "settings": self.anonymizer.settings(), "seed": cfg.seed,
                     "segment": cfg.video_segment, "detect_every": cfg.detect_every, "detector": str(cfg.detector),
-                    "upsample": cfg.upsample, "codec": self._codec(), "crf": cfg.crf, "video_steps": cfg.video_steps,
+                    "upsample": cfg.upsample, **self.source.settings(), "video_steps": cfg.video_steps,
                     "guard": cfg.guard, "on_fail": cfg.on_fail}
+        if self.policy != "track":
+            settings["identity_policy"] = self.policy
+        if self.regions is not None:
+            settings["regions"] = self.regions.record()
+        if self.references is not None:
+            settings["keep_identity"] = np.round(self.references, 6).tolist()
         text = json.dumps(settings, sort_keys=True, default=str)
         marker = self.work / "settings.json"
         if marker.exists() and marker.read_text() != text:
@@ -143,9 +254,6 @@ class VideoJob:
         self.work.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             atomic_write_text(marker, text)
-
-    def _codec(self) -> str:
-        return self.cfg.codec or default_codec(self.item.path)
 
     def _record(self, stage: str, done: int, total: int) -> None:
         """The manifest's row of this video while it is in progress: which segments are finished."""
@@ -170,7 +278,7 @@ class VideoJob:
         bar = self._bar(info.frames, len(known), "detect")
         chunk: list[list[Detection] | None] = []
         try:
-            for t, rgb, _ in iter_frames(self.item.path):
+            for t, rgb, _ in self.source.frames():
                 if t < len(known):
                     continue
                 dets: list[Detection] | None = None
@@ -216,7 +324,7 @@ class VideoJob:
 
     # -- pass 2 -----------------------------------------------------------------------------
     def _seg_path(self, index: int) -> Path:
-        return self.work / f"seg_{index:06d}.nut"
+        return self.work / f"seg_{index:06d}{self.source.segment_suffix}"
 
     def _state_path(self, index: int) -> Path:
         return self.work / f"state_{index:06d}.safetensors"
@@ -231,29 +339,34 @@ class VideoJob:
         done = 0
         while done < count and all(p(done).exists() for p in (self._seg_path, self._state_path, self._stats_path)):
             done += 1
-        method = TrackedMethod(self.anonymizer, self.seed, video_steps=self.cfg.video_steps)
+        known = self.identity_map.fakes(self._bank()) if self.identity_map is not None and self._bank() else {}
+        method = TrackedMethod(self.anonymizer, self.seed, video_steps=self.cfg.video_steps, keys=self.keys,
+                               fakes=known)
         if done:
             method.load(self._state_path(done - 1))
         self.method = method
         if done < count:
             self._encode(info, per_frame, method, done, count)
+        if self.identity_map is not None and self._bank():  # FALCO: the fakes the new identities got
+            self.identity_map.record_fakes(self._bank(), method.key_fakes())
+            self.identity_map.save()
         return [self._seg_path(i) for i in range(count)]
 
     def _encode(self, info: VideoInfo, per_frame: list[list[TrackFace]], method: TrackedMethod, first: int,
                 count: int) -> None:
         n = len(per_frame)
         bar = self._bar(n, first * self.seg, "anonymize")
-        writer: SegmentWriter | None = None
+        writer = None
         stats: dict = {}
         index = first
         try:
-            for t, rgb, pts in iter_frames(self.item.path):
+            for t, rgb, pts in self.source.frames():
                 if t < first * self.seg or t >= n:
                     continue
                 if writer is None:
-                    writer = SegmentWriter(self._seg_path(index), info, codec=self._codec(), crf=self.cfg.crf)
-                    stats = {"tracks": {}, "missed": 0}
-                out = self._frame(rgb, per_frame[t], method, stats)
+                    writer = self.source.open_segment(self._seg_path(index), info, t)
+                    stats = {"tracks": {}, "missed": 0, "failed": []}
+                out = self._frame(rgb, per_frame[t], method, stats, t)
                 writer.add(out, pts)
                 bar.update(1)
                 if (t + 1) % self.seg == 0 or t + 1 == n:
@@ -273,33 +386,127 @@ class VideoJob:
         if index < count:
             raise InputError(f"{self.item.path.name}: decoded {index * self.seg} frames, {n} were expected")
 
-    def _frame(self, rgb: np.ndarray, tfs: list[TrackFace], method: TrackedMethod, stats: dict) -> np.ndarray:
-        """One frame anonymized and checked; ``stats`` gathers each track's provenance."""
-        from falco.methods.cover import fallback
+    def _bank(self) -> str | None:
+        """FALCO: the bank's fingerprint in the identity mapping (None for the other methods)."""
+        if not hasattr(self.anonymizer, "process_tracked"):
+            return None
+        return bank_fingerprint(self.anonymizer.bank)
 
-        faces, tracks, kinds = [], [], []
+    # -- identity policy --------------------------------------------------------------------
+    def assign_identities(self, info: VideoInfo, tracks: list[Track]) -> None:
+        """Each track's identity key and manifest fields under the identity policy (:mod:`falco.video.policy`)."""
+        from falco.faces.recognizers import DLIB_THRESHOLD
+
+        self.keys, self.identities = {}, {t.id: {"identity_policy": self.policy} for t in tracks}
+        if self.policy == "track" or not tracks:
+            return
+        descriptors = self.describe_pass(info, tracks)
+        clusters = cluster_tracks(tracks, descriptors, DLIB_THRESHOLD)
+        if self.policy == "merge-tracks":
+            matched = [({"key": f"{self.seed}:p{c.index}"}, None) for c in clusters]
+        else:
+            matched = self.identity_map.assign(self.item.key, clusters, lambda i: f"{self.seed}:person:{i}")
+            self.identity_map.save()  # before any frame is written: a resumed run finds the same identities
+        for cluster, (ident, distance) in zip(clusters, matched):
+            for track in cluster.tracks:
+                self.keys[track] = ident["key"]
+                row = self.identities[track]
+                row.update(identity_cluster=cluster.index, identity_tracks=list(cluster.tracks),
+                           identity_distance=cluster.distances.get(track))
+                if "id" in ident:
+                    row.update(identity_id=ident["id"], identity_match_distance=distance)
+
+    def describe_pass(self, info: VideoInfo, tracks: list[Track]) -> dict[int, np.ndarray]:
+        """dlib descriptors of each track's face on up to ``SAMPLES`` of its detected frames (saved in the work
+        folder for a resumed run, removed with it: biometric data)."""
+        from falco.faces.recognizers import DlibRecognizer
+
+        path = self.work / "descriptors.json"
+        if path.exists():
+            return {int(k): np.asarray(v, dtype=np.float64) for k, v in json.loads(path.read_text()).items()}
+        wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for track in tracks:
+            for j in sample_frames(track):
+                wanted.setdefault(track.frames[j], []).append((track.id, track.detections[j].landmarks))
+        recognizer = DlibRecognizer()
+        out: dict[int, list] = {t.id: [] for t in tracks}
+        last = max(wanted)
+        bar = self._bar(last + 1, 0, "recognise")
+        try:
+            for t, rgb, _ in self.source.frames():
+                if t in wanted:
+                    desc = recognizer.embed(rgb, [lm for _, lm in wanted[t]])
+                    for (track, _), d in zip(wanted[t], desc):
+                        out[track].append(d)
+                bar.update(1)
+                if t >= last:
+                    break
+        finally:
+            bar.close()
+        missing = [t for t, d in out.items() if not d]
+        if missing:
+            raise InputError(f"{self.item.path.name}: frames of tracks {missing} could not be decoded again to "
+                             "recognise their faces")
+        rounded = {t: np.round(np.stack(d), 6) for t, d in out.items()}  # what a resumed run reads back
+        atomic_write_text(path, json.dumps({str(t): d.tolist() for t, d in rounded.items()}))
+        return rounded
+
+    def _frame(self, rgb: np.ndarray, tfs: list[TrackFace], method: TrackedMethod, stats: dict,
+               t: int) -> np.ndarray:
+        """One frame anonymized, blended (``--keep``/``--change``) and checked; ``stats`` gathers each track's
+        provenance.
+
+        Faces of tracks kept by ``--keep-identity`` are left as they are (and the guard leaves them too). If
+        the method raises (a :class:`~falco.errors.FalcoError`) on the frame's faces, they get the
+        ``--on-fail`` cover (blur when that is ``skip``: a video fails closed), the frame is recorded in
+        ``stats['failed']``, and the video goes on.
+        """
+        from falco.methods.cover import cover_failed, fallback
+
+        cover = self._cover()
+        faces, tracks, kinds, kept = [], [], [], []
         out = rgb
         for tf in tfs:
+            if tf.track in self.kept:
+                row = self._count(stats, tf, tf.kind, tf.box)
+                row["status"]["kept"] = row["status"].get("kept", 0) + 1
+                try:
+                    kept.append(method.face(rgb, tf))
+                except InputError:
+                    kept.append(_box_face(rgb, tf))
+                continue
             try:
                 faces.append(method.face(rgb, tf))
             except InputError:  # degenerate landmarks (a face leaving the frame): cover the box
-                out = fallback(out, _box_face(rgb, tf), self.cfg.on_fail if self.cfg.on_fail != "skip" else "blur")
+                out = fallback(out, _box_face(rgb, tf), cover)
                 continue
             tracks.append(tf.track)
             kinds.append(tf.kind)
-        results = method.process(faces, tracks) if faces else []
+        results: list[Any] = []
         records: list[dict] = []
         if faces:
-            out, records = self.anonymizer.apply(out, faces, results)
-        redo = (lambda img, i: self.anonymizer.redo(img, faces[i])) if self.anonymizer.can_redo else None
-        checked = self.guard.review(rgb, out, faces, redo=redo)
+            try:
+                results = method.process(faces, tracks)
+                out, records = self.anonymizer.apply(out, faces, results)
+            except RunAbortedError:
+                raise
+            except FalcoError as exc:  # this frame's faces only: cover them and go on
+                reason = f"{self.cfg.method} failed on frame {t}: {type(exc).__name__}: {exc}"
+                log.warning("%s: %s; its %d face(s) covered by %s", self.source.name, reason, len(faces), cover)
+                results = [None] * len(faces)
+                for face in faces:
+                    out, record = cover_failed(out, face, reason, cover)
+                    records.append(record)
+                stats["failed"].append({"frame": t, "tracks": list(tracks), "reason": reason, "cover": cover})
+        redo = (lambda img, i: method.redo(img, faces[i], tracks[i])) if self.anonymizer.can_redo else None
+        blended = None
+        if self.regions is not None and faces:  # before the guard: it has the last word (as for photos)
+            out, blended = self.regions.apply(rgb, out, faces, records)
+            redo = self.regions.wrap_redo(redo, rgb, faces, blended) if redo is not None else None
+        checked = self.guard.review(rgb, out, faces, redo=redo, kept=kept)
         stats["missed"] += len(checked.missed)
         for i, (face, track, kind) in enumerate(zip(faces, tracks, kinds)):
-            row = stats["tracks"].setdefault(str(track), {"first": tfs[0].frame, "count": 0, "kinds": {}, "status": {},
-                                                          "guard": {}, "draws": [], "keys": [], "box": list(face.box)})
-            row["last"] = tfs[0].frame
-            row["count"] += 1
-            row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+            row = self._count(stats, tfs[0], kind, face.box, track=track)
             status = records[i].get("status", "done")
             verdict = checked.verdicts[i]["verdict"] if checked.verdicts else None
             if verdict in ("fallback", "unsafe"):
@@ -307,49 +514,112 @@ class VideoJob:
             row["status"][status] = row["status"].get(status, 0) + 1
             if verdict:
                 row["guard"][verdict] = row["guard"].get(verdict, 0) + 1
-            row["method"] = records[i].get("method")
+            if blended is not None and i in blended.applied:
+                row["regions"] = row.get("regions", 0) + 1
+            if records[i].get("status") == "done" or row.get("method") is None:
+                row["method"] = records[i].get("method")
             for value, name in ((_draw(records[i], results[i]), "draws"), (face_key(face), "keys")):
                 if value is not None and value not in row[name]:
                     row[name].append(value)
         return checked.photo
 
+    def _cover(self) -> str:
+        """The cover of a face the method could not anonymize: ``--on-fail``, or blur for ``skip``."""
+        return self.cfg.on_fail if self.cfg.on_fail != "skip" else "blur"
+
+    @staticmethod
+    def _count(stats: dict, tf: TrackFace, kind: str, box, *, track: int | None = None) -> dict:
+        """The segment's row of ``track`` (default ``tf.track``), with this frame counted."""
+        track = tf.track if track is None else track
+        row = stats["tracks"].setdefault(str(track), {"first": tf.frame, "count": 0, "kinds": {}, "status": {},
+                                                      "guard": {}, "draws": [], "keys": [], "box": list(box)})
+        row["last"] = tf.frame
+        row["count"] += 1
+        row["kinds"][kind] = row["kinds"].get(kind, 0) + 1
+        return row
+
+    # -- --keep-identity ----------------------------------------------------------------------
+    def keep_identity(self, info: VideoInfo, tracks: list[Track]) -> dict[int, dict]:
+        """``--keep-identity``: the tracks whose face matches a reference (dlib, distance < 0.6) on a majority of
+        its described frames (:func:`~falco.video.policy.sample_frames`); they are left as they are."""
+        from falco.faces.recognizers import DLIB_THRESHOLD
+
+        if self.references is None or not tracks:
+            return {}
+        descriptors = self.describe_pass(info, tracks)
+        kept = {}
+        for track in tracks:
+            desc = descriptors[track.id]
+            dist = np.linalg.norm(desc[:, None] - self.references[None], axis=-1).min(axis=1)
+            matched = int((dist < DLIB_THRESHOLD).sum())
+            if 2 * matched > len(desc):
+                kept[track.id] = {"matched": matched, "described": len(desc),
+                                  "distance": round(float(np.median(dist)), 4)}
+        return kept
+
     # -- provenance -------------------------------------------------------------------------
+    def failed_frames(self, n: int) -> list[dict]:
+        """The frames where the method raised (their faces got the cover), over every segment."""
+        return [f for i in range(-(-n // self.seg)) for f in json.loads(self._stats_path(i).read_text()).get("failed", [])]
+
     def track_rows(self, n: int) -> list[dict]:
         """One manifest row per track (merged over the segments), then one for the guard's own finds."""
         merged: dict[int, dict] = {}
         missed = 0
+        failed: dict[int, list[int]] = {}
         for i in range(-(-n // self.seg)):
             stats = json.loads(self._stats_path(i).read_text())
             missed += stats["missed"]
+            for f in stats.get("failed", []):
+                for track in f["tracks"]:
+                    failed.setdefault(track, []).append(f["frame"])
             for key, row in stats["tracks"].items():
                 m = merged.setdefault(int(key), {"first": row["first"], "count": 0, "kinds": Counter(),
                                                  "status": Counter(), "guard": Counter(), "draws": [], "keys": [],
-                                                 "box": row["box"]})
+                                                 "box": row["box"], "regions": 0, "method": None})
                 m["last"] = row["last"]
                 m["count"] += row["count"]
+                m["regions"] += row.get("regions", 0)
                 for name in ("kinds", "status", "guard"):
                     m[name].update(row[name])
                 for name in ("draws", "keys"):
                     m[name] += [v for v in row[name] if v not in m[name]]
-                m["method"] = row.get("method")
+                m["method"] = row.get("method") or m["method"]
         rows = []
         for track in sorted(merged):
             m = merged[track]
+            if track in self.kept:  # --keep-identity: left as it is in every frame
+                k = self.kept[track]
+                rows.append({"track": track, "status": "kept", "method": "none", "box": m["box"],
+                             "first_frame": m["first"], "last_frame": m["last"], "frames": m["count"],
+                             "detected": m["kinds"].get("detected", 0),
+                             "interpolated": m["kinds"].get("interpolated", 0),
+                             "extended": m["kinds"].get("extended", 0), "keep_identity": k,
+                             "reason": f"matches --keep-identity on {k['matched']} of {k['described']} described "
+                                       "frames", "video_seed": self.seed, "identity_policy": self.policy,
+                             "guard_failing": False})
+                continue
             worst = next((s for s in ("unsafe", "failed", "fallback") if m["status"].get(s)), "done")
             row = {"track": track, "status": worst, "method": m["method"], "box": m["box"],
                    "first_frame": m["first"], "last_frame": m["last"], "frames": m["count"],
                    "detected": m["kinds"].get("detected", 0), "interpolated": m["kinds"].get("interpolated", 0),
                    "extended": m["kinds"].get("extended", 0), "frame_status": dict(m["status"]),
                    "guard_verdicts": dict(m["guard"]), "identity_keys": m["keys"], "draws": m["draws"],
-                   "video_seed": self.seed}
+                   "video_seed": self.seed, **self.identities.get(track, {"identity_policy": self.policy})}
             if m["guard"]:  # the privacy guard's worst verdict over the track's frames (its summary line reads it)
                 verdict = next(v for v in ("unsafe", "fallback", "redone", "safe", *m["guard"]) if m["guard"].get(v))
                 row["guard"] = {"verdict": verdict}
             if self.method.falco and m["draws"]:
                 row["neighbour"] = m["draws"][0]
+            if m["regions"]:
+                row["regions"] = {**self.regions.record(), "frames": m["regions"]}
+            if track in failed:
+                row["failed_frames"] = failed[track]
             if worst != "done":
                 row["reason"] = f"{sum(m['status'].get(s, 0) for s in ('unsafe', 'failed', 'fallback'))} frame(s) " \
                                 f"not anonymized by {self.cfg.method} (covered by the fallback where possible)"
+                if track in failed:
+                    row["reason"] += f"; {self.cfg.method} raised on frame(s) {failed[track]}"
             row["guard_failing"] = self.guard.mode == "enforce" and worst in ("fallback", "unsafe", "failed")
             rows.append(row)
         if missed:

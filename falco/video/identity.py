@@ -4,8 +4,11 @@ Every face of a track carries the track's key (``AlignedFace.identity``), so the
 draw at random (CIAGAN's identity, DeepPrivacy's latent, AnonyGAN's condition) draw the same in
 every frame (:func:`falco.methods.base.face_seed`). FALCO pairs a track once, on its first frame,
 with one fake (chosen among the ``choices`` nearest to it in the bank by the track's seed, so the
-same person in two videos gets two different fakes, and none taken by another track of the video), optimises it fully there, and warm-starts
-every next frame from the previous frame's optimised code with ``video_steps`` steps.
+same person in two videos gets two different fakes, and none taken by another identity), optimises
+it fully there, and warm-starts every next frame from the previous frame's optimised code with
+``video_steps`` steps. Under an identity policy that merges tracks (:mod:`falco.video.policy`), the
+merged tracks share one key (``keys``) and so one draw, and FALCO gives them one fake (``fakes``:
+those given in earlier videos, by key).
 The classic filters need no state: they follow the smoothed track.
 """
 
@@ -40,18 +43,25 @@ class TrackedMethod:
         choices: FALCO: a track's fake is drawn among this many nearest fakes.
     """
 
-    def __init__(self, anonymizer: Anonymizer, seed: int, *, video_steps: int = 10, choices: int = 8) -> None:
+    def __init__(self, anonymizer: Anonymizer, seed: int, *, video_steps: int = 10, choices: int = 8,
+                 keys: dict[int, str] | None = None, fakes: dict[str, int] | None = None) -> None:
         self.anonymizer = anonymizer
         self.seed = int(seed)
         self.video_steps = int(video_steps)
         self.choices = int(choices)
         self.falco = hasattr(anonymizer, "process_tracked")
+        self.keys = dict(keys or {})          # track -> identity key, where the identity policy merges tracks
+        self.known = dict(fakes or {})        # FALCO: identity key -> fake given in an earlier video (across videos)
         self.fakes: dict[int, int] = {}       # FALCO: track -> bank index of its fake
         self.codes: dict[int, Any] = {}       # FALCO: track -> last optimised W+ code (CPU tensor)
 
     def key(self, track: int) -> str:
-        """The identity key of ``track`` in this video."""
-        return f"{self.seed}:{track}"
+        """The identity key of ``track`` in this video (shared by the tracks the identity policy merges)."""
+        return self.keys.get(track, f"{self.seed}:{track}")
+
+    def key_fakes(self) -> dict[str, int]:
+        """FALCO: identity key -> fake, for every identity given one so far (earlier videos' included)."""
+        return {**self.known, **{self.key(t): f for t, f in self.fakes.items()}}
 
     def face(self, frame: np.ndarray, tf: TrackFace, size: int = 256) -> AlignedFace:
         """The aligned face of ``tf`` in ``frame``, carrying its track's identity key."""
@@ -63,10 +73,19 @@ class TrackedMethod:
         if not self.falco or not faces:
             return self.anonymizer.process(faces)
         new = [i for i, t in enumerate(tracks) if t not in self.fakes]
-        if new:
-            picks = self._pick([faces[i] for i in new])
-            for i, pick in zip(new, picks):
-                self.fakes[tracks[i]] = pick
+        given = self.key_fakes()  # a track whose identity already has a fake (merged tracks) takes it
+        for i in [i for i in new if self.key(tracks[i]) in given]:
+            self.fakes[tracks[i]] = given[self.key(tracks[i])]
+        new = [i for i in new if tracks[i] not in self.fakes]
+        first: dict[str, int] = {}  # one pick per identity, should two of its tracks start together
+        for i in new:
+            first.setdefault(self.key(tracks[i]), i)
+        if first:
+            picks = self._pick([faces[i] for i in first.values()])
+            for key, pick in zip(first, picks):
+                given[key] = pick
+            for i in new:
+                self.fakes[tracks[i]] = given[self.key(tracks[i])]
         results: list[Any] = [None] * len(faces)
         cold = [i for i, t in enumerate(tracks) if t not in self.codes]
         warm = [i for i, t in enumerate(tracks) if t in self.codes]
@@ -95,13 +114,22 @@ class TrackedMethod:
         k = max(1, min(self.choices, len(anon.bank)))
         idx, _ = anon.bank.search(feats, k=k)
         out = []
-        taken = set(self.fakes.values())  # two people of one video never share a fake (while the bank allows)
+        taken = set(self.key_fakes().values())  # two identities never share a fake (while the bank allows)
         for face, row in zip(faces, np.asarray(idx).reshape(len(faces), -1)):
             row = [int(j) for j in row if j >= 0]
             free = [j for j in row if j not in taken] or row
             out.append(free[face_seed(self.seed, face) % len(free)])
             taken.add(out[-1])
         return out
+
+    def redo(self, photo: np.ndarray, face: AlignedFace, track: int) -> np.ndarray | None:
+        """The guard's re-do of a track's face (see :meth:`Anonymizer.redo`): FALCO starts again from the
+        track's own fake, so the face keeps the track's new identity; the other methods draw by the
+        face's identity key, which is the track's already."""
+        fake = self.fakes.get(track) if self.falco else None
+        if fake is not None:
+            return self.anonymizer.redo_tracked(photo, face, fake)
+        return self.anonymizer.redo(photo, face)
 
     def neighbour(self, track: int) -> int | None:
         """FALCO: the bank index of the track's fake."""

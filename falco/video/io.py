@@ -3,11 +3,15 @@
 A video is anonymized in segments of frames. Each segment is encoded on its own into a NUT
 file (NUT keeps any time base, so every frame keeps its exact timestamp), written atomically.
 :func:`mux_output` then joins the segments' packets (no re-encode) with the input's audio
-streams, copied packet for packet, into the output container (same container as the input).
+and subtitle streams, copied packet for packet, into the output container (same container as the
+input). Data streams (camera telemetry such as GoPro's GPMF, which carries GPS) and attachments are
+metadata: dropped unless ``keep_metadata``, and then copied where the output container takes them.
 
 Segments join cleanly because every segment is encoded with the same settings and without
 B-frames (``bf=0``): decoding and presentation order agree, so timestamps stay monotonic
 across the joins.
+
+A job reads its frames and writes its output through a :class:`falco.video.sources.FrameSource`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from falco.errors import InputError
 from falco.run.atomic import atomic_path
+from falco.video.orientation import check_rotation, stored, upright, upright_size
 
 __all__ = ["VIDEO_SUFFIXES", "VideoInfo", "SegmentWriter", "default_codec", "is_video", "iter_frames",
            "mux_output", "probe"]
@@ -55,6 +60,14 @@ class VideoInfo:
     rate: Fraction | None
     audio: int                      # audio streams (copied)
     metadata: dict = field(default_factory=dict)
+    subtitles: int = 0              # subtitle streams (copied)
+    data: int = 0                   # data streams (telemetry; metadata, see mux_output)
+    rotation: int = 0               # display rotation, degrees counter-clockwise (falco.video.orientation)
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames as players show them (and as :func:`iter_frames` yields them)."""
+        return upright_size(self.width, self.height, self.rotation)
 
 
 def _open(path: Path):
@@ -88,9 +101,13 @@ def probe(path: str | Path) -> VideoInfo:
             frames = sum(1 for p in container.demux(stream) if p.size)
         if not ctx.width or not ctx.height or frames <= 0:
             raise InputError(f"{path.name}: the video stream has no frames")
-        return VideoInfo(path=path, width=int(ctx.width), height=int(ctx.height), frames=frames,
+        container.seek(0)
+        first = next(container.decode(stream), None)
+        rotation = check_rotation(first.rotation) if first is not None else 0
+        return VideoInfo(rotation=rotation, path=path, width=int(ctx.width), height=int(ctx.height), frames=frames,
                          time_base=Fraction(stream.time_base), rate=stream.average_rate,
-                         audio=len(container.streams.audio), metadata=dict(container.metadata))
+                         audio=len(container.streams.audio), metadata=dict(container.metadata),
+                         subtitles=len(container.streams.subtitles), data=len(container.streams.data))
     except av.FFmpegError as exc:
         raise InputError(f"{path.name}: corrupt video ({exc})") from None
     finally:
@@ -98,7 +115,8 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def iter_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, int | None]]:
-    """Decode the first video stream: ``(index, rgb, pts)`` per frame, in presentation order.
+    """Decode the first video stream: ``(index, rgb, pts)`` per frame, in presentation order, upright
+    (turned by the stream's display rotation, as players show it; :mod:`falco.video.orientation`).
 
     Shape: rgb ``[H, W, 3]`` uint8.
 
@@ -113,7 +131,7 @@ def iter_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, int | None]
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
-            yield i, frame.to_ndarray(format="rgb24"), frame.pts
+            yield i, upright(frame.to_ndarray(format="rgb24"), check_rotation(frame.rotation)), frame.pts
     except av.FFmpegError as exc:
         raise InputError(f"{path.name}: corrupt video ({exc})") from None
     finally:
@@ -123,9 +141,12 @@ def iter_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, int | None]
 class SegmentWriter:
     """Encode frames into one segment file (atomically: the file exists only once complete).
 
+    Frames come upright (as :func:`iter_frames` yields them) and are stored turned back by the
+    input's display rotation; :func:`mux_output` gives the output the same rotation.
+
     Args:
         final: The segment's path.
-        info: The input video (size, time base, rate).
+        info: The input video (size, time base, rate, rotation).
         codec: FFmpeg encoder name (``libx264``...).
         crf: Constant rate factor (quality; lower is better).
     """
@@ -152,6 +173,7 @@ class SegmentWriter:
                 options["b"] = "0"
             stream.options = options
             self.stream = stream
+            self.rotation = info.rotation
             self.time_base = info.time_base
             self._last_pts: int | None = None
         except BaseException:
@@ -162,7 +184,7 @@ class SegmentWriter:
         """Encode one frame at ``pts`` (in the input's time base)."""
         import av
 
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored(rgb, self.rotation)), format="rgb24")
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = (self._last_pts or 0) + 1 if self._last_pts is not None else 0
         frame.pts, frame.time_base = pts, self.time_base
@@ -204,10 +226,28 @@ def _segment_packets(segments: list[Path]) -> Iterator[tuple[float, int, int, ob
             yield from _packets(seg, seg.streams.video[0], 0)
 
 
-def mux_output(final: Path, source: Path, segments: list[Path], *, keep_metadata: bool = False) -> None:
-    """Write ``final`` (atomically): the segments' video packets and ``source``'s audio packets, remuxed.
+def _display_rotation(container) -> int:
+    """The display rotation of ``container``'s first video stream (read from its first frame)."""
+    container.seek(0)
+    first = next(container.decode(container.streams.video[0]), None)
+    container.seek(0)
+    return check_rotation(first.rotation) if first is not None else 0
 
-    Metadata (container and stream tags: GPS, device, creation time...) is dropped unless ``keep_metadata``.
+
+def _copied_streams(src, keep_metadata: bool) -> list:
+    """The streams of ``src`` copied untouched: audio and subtitles; data streams only with ``keep_metadata``."""
+    streams = [*src.streams.audio, *src.streams.subtitles]
+    return streams + list(src.streams.data) if keep_metadata else streams
+
+
+def mux_output(final: Path, source: Path, segments: list[Path], *, keep_metadata: bool = False) -> None:
+    """Write ``final`` (atomically): the segments' video packets and ``source``'s audio and subtitle packets, remuxed.
+
+    Metadata (container and stream tags: GPS, device, creation time...; data streams such as camera
+    telemetry) is dropped unless ``keep_metadata``.
+
+    Raises:
+        InputError: With ``keep_metadata``, a data stream the output container cannot hold.
     """
     import av
 
@@ -218,20 +258,28 @@ def mux_output(final: Path, source: Path, segments: list[Path], *, keep_metadata
             vsrc = src.streams.video[0]
             vout = out.add_stream_from_template(first.streams.video[0])
             vout.time_base = vsrc.time_base
-            audio = {}
-            for a in src.streams.audio:
-                audio[a.index] = out.add_stream_from_template(a)
-                audio[a.index].time_base = a.time_base
+            rotation = _display_rotation(src)
+            if rotation:  # the input's display matrix (not metadata: without it players show the video sideways)
+                vout.set_display_rotation(rotation)
+            copied = {}
+            for a in _copied_streams(src, keep_metadata):
+                try:
+                    copied[a.index] = out.add_stream_from_template(a)
+                except (av.FFmpegError, ValueError) as exc:
+                    codec = getattr(a.codec_context, "name", None) or a.type
+                    raise InputError(f"{source.name}: its {a.type} stream #{a.index} ({codec}) "
+                                     f"cannot be copied into {final.suffix} ({exc})") from None
+                copied[a.index].time_base = a.time_base
                 if keep_metadata:
-                    audio[a.index].metadata.update(a.metadata)
+                    copied[a.index].metadata.update(a.metadata)
             if keep_metadata:
                 out.metadata.update(src.metadata)
                 vout.metadata.update(vsrc.metadata)
             streams = [_segment_packets(segments)]
-            if audio:
-                streams.append(_packets(src, list(src.streams.audio), 1))
+            if copied:
+                streams.append(_packets(src, [src.streams[i] for i in copied], 1))
             for _, order, _, packet in heapq.merge(*streams, key=lambda item: item[:3]):
-                packet.stream = vout if order == 0 else audio[packet.stream_index]
+                packet.stream = vout if order == 0 else copied[packet.stream_index]
                 out.mux(packet)
         finally:
             out.close()
