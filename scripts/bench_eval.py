@@ -81,7 +81,7 @@ def _wall(fn) -> tuple[float, float, object]:
 
 def per_metric(real: Path, detectors: list[str], cache_dir: Path) -> list[tuple[str, int, float, float]]:
     """``(metric, photos, today s, warm-cache s)`` for each detector, the landmarks and the dlib descriptor."""
-    from falco.evaluation.collect import LANDMARKS_SPEC, recognizer_spec
+    from falco.evaluation.common import LANDMARKS_SPEC, recognizer_spec
     from falco.evaluation.common import image_digest, landmarks_key
     from falco.evaluation.detection import get_eval_detector
     from falco.evaluation.disk_cache import DiskCache

@@ -124,6 +124,39 @@ def apply_method(anon, photo, faces):
     return out, records
 
 
+def blind_detection(monkeypatch, misses=(), crashes=()) -> dict:
+    """``falco.faces.pipeline.detect_and_align`` finding nothing on the calls in ``misses`` and raising on those in
+    ``crashes`` (calls counted from 0: a video's frames, in order). Returns the call counter ``{"n": calls}``."""
+    import falco.faces.pipeline as pipeline
+
+    real = pipeline.detect_and_align
+    calls = {"n": 0}
+
+    def flaky(image, *args, **kwargs):
+        t = calls["n"]
+        calls["n"] += 1
+        if t in crashes:
+            raise RuntimeError("detector crashed")
+        return [] if t in misses else real(image, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "detect_and_align", flaky)
+    return calls
+
+
+def real_and_anon_folders(root: Path, names, change) -> tuple[Path, Path]:
+    """``root/real`` (the shared photos ``names``, as PNG) and ``root/anon`` (``change(photo)`` of each)."""
+    from falco.run.image_files import load_image, save_image
+
+    real, anon = root / "real", root / "anon"
+    real.mkdir()
+    anon.mkdir()
+    for name in names:
+        img = load_image(shared_path("data", "faces", name))
+        save_image(real / Path(name).with_suffix(".png"), img)
+        save_image(anon / Path(name).with_suffix(".png"), change(img))
+    return real, anon
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block with ``n`` torch threads, then restore the previous count."""

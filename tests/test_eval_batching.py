@@ -19,8 +19,8 @@ from falco.evaluation.collect import collect_run
 from falco.evaluation.pairing import list_photo_pairs
 from falco.evaluation.summary import summarise_run
 from falco.evaluation.tools import build_tools
-from falco.run.image_files import load_image, save_image
-from tests.conftest import shared_path
+from falco.run.image_files import load_image
+from tests.conftest import real_and_anon_folders, shared_path
 
 PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg", "2007_007763.jpg")
 
@@ -82,17 +82,12 @@ def folders(tmp_path_factory):
     """Four photos (2 to 7 faces each) and an 'anonymized' copy: blurred, with the left third flattened."""
     from PIL import Image, ImageFilter
 
-    root = tmp_path_factory.mktemp("batch-eval")
-    real, anon = root / "real", root / "anon"
-    real.mkdir()
-    anon.mkdir()
-    for name in PHOTOS:
-        img = load_image(shared_path("data", "faces", name))
-        save_image(real / Path(name).with_suffix(".png"), img)
+    def change(img):
         out = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(1.5))).copy()
         out[:, : img.shape[1] // 3] = 128
-        save_image(anon / Path(name).with_suffix(".png"), out)
-    return real, anon
+        return out
+
+    return real_and_anon_folders(tmp_path_factory.mktemp("batch-eval"), PHOTOS, change)
 
 
 def _tools(models):

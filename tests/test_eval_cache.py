@@ -15,8 +15,8 @@ from falco.evaluation import detection as detection_mod
 from falco.evaluation.common import image_digest
 from falco.evaluation.disk_cache import MISSING, DiskCache, default_cache_dir
 from falco.faces import recognizers as recognizers_mod
-from falco.run.image_files import load_image, save_image
-from tests.conftest import shared_path
+from falco.run.image_files import load_image
+from tests.conftest import real_and_anon_folders
 
 SMALL_PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg")
 FAST = dict(recognizers=("dlib",), classifiers=("landmarks",), fid=False, progress=False, examples=0)
@@ -62,17 +62,12 @@ def test_disk_cache_errors_and_default(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Three small real photos and an 'anonymized' copy with every face region flattened."""
-    root = tmp_path_factory.mktemp("cache-eval")
-    real, anon = root / "real", root / "anon"
-    real.mkdir()
-    anon.mkdir()
-    for name in SMALL_PHOTOS:
-        img = load_image(shared_path("data", "faces", name))
-        save_image(real / Path(name).with_suffix(".png"), img)
+    def change(img):
         flat = img.copy()
         flat[img.shape[0] // 4: 3 * img.shape[0] // 4] = 128
-        save_image(anon / Path(name).with_suffix(".png"), flat)
-    return real, anon
+        return flat
+
+    return real_and_anon_folders(tmp_path_factory.mktemp("cache-eval"), SMALL_PHOTOS, change)
 
 
 class _Counter:

@@ -30,8 +30,9 @@ NUM_WS, W_DIM = 10, 8
 
 class _G(nn.Module):
     """A generator stand-in: a 256-px image from a fixed linear map of each face's code (so each
-    face's image depends on its own code only), with ``synthesis``'s signature; records the
-    keyword arguments of every call. ``frozen``: it also offers ``frozen_prefix`` (recorded)."""
+    face's image depends on its own code only), with the signatures and defaults of
+    ``Generator.synthesis`` and ``frozen_prefix``; records the arguments of every call.
+    ``frozen``: it also offers ``frozen_prefix``."""
 
     num_ws, w_dim = NUM_WS, W_DIM
 
@@ -44,13 +45,16 @@ class _G(nn.Module):
         if frozen:
             self.frozen_prefix = self._frozen_prefix
 
-    def _frozen_prefix(self, ws, num_frozen_ws, *args, **kwargs):
+    def _frozen_prefix(self, ws, num_frozen_ws, noise_mode="const", *, channels_last=False):
         prefix = object()
-        self.prefix_calls.append((ws, num_frozen_ws, args, kwargs, prefix))
+        self.prefix_calls.append((ws, num_frozen_ws, dict(noise_mode=noise_mode, channels_last=channels_last), prefix))
         return prefix
 
-    def synthesis(self, ws, *args, **kwargs):
-        self.calls.append(dict(kwargs, args=args))
+    def synthesis(self, ws, noise_mode="const", *, max_resolution=None, prefix=None, fused_modconv=True,
+                  channels_last=False, num_fp16_res=0, fp16_dtype=torch.float16):
+        self.calls.append(dict(noise_mode=noise_mode, max_resolution=max_resolution, prefix=prefix,
+                               fused_modconv=fused_modconv, channels_last=channels_last, num_fp16_res=num_fp16_res,
+                               fp16_dtype=fp16_dtype))
         img = torch.tanh(ws.flatten(1) @ self.proj).view(-1, 3, 8, 8)
         return img.repeat_interleave(32, dim=2).repeat_interleave(32, dim=3)  # 256 px, contiguous
 
@@ -248,7 +252,7 @@ def test_amp_and_render_switches_reach_the_generator_and_the_loss_networks(amp, 
     _run(params, G, enc, farl)
     assert len(G.calls) == 2
     for call in G.calls:
-        assert call == dict(args=(), noise_mode="const", max_resolution=32, prefix=None, fused_modconv=False,
+        assert call == dict(noise_mode="const", max_resolution=32, prefix=None, fused_modconv=False,
                             channels_last=True, num_fp16_res=2, fp16_dtype=dtype)
     # ArcFace and FaRL: the real crops once without gradients, then each step's render; every call
     # under the requested autocast, on channels-last images
@@ -260,8 +264,10 @@ def test_amp_and_render_switches_reach_the_generator_and_the_loss_networks(amp, 
 def test_without_amp_the_generator_and_loss_networks_run_in_fp32():
     G, enc, farl = _G(), _Encoder(), _Farl()
     _run(FalcoParams(steps=1), G, enc, farl)
-    assert G.calls == [dict(args=(), noise_mode="const", max_resolution=None, prefix=None, fused_modconv=True,
-                            channels_last=False, num_fp16_res=0, fp16_dtype=torch.float16)]
+    assert len(G.calls) == 1
+    call = G.calls[0]  # fp16_dtype does not matter here: no generator layer runs in low precision
+    assert (call["noise_mode"], call["max_resolution"], call["prefix"], call["fused_modconv"], call["channels_last"],
+            call["num_fp16_res"]) == ("const", None, None, True, False, 0)
     for net in (enc, farl):
         assert [s["grad"] for s in net.seen] == [False, True]
         assert not any(s["autocast"] or s["channels_last"] for s in net.seen)
@@ -277,9 +283,9 @@ def test_frozen_prefix_is_computed_once_and_given_to_every_step(layers, channels
     optimise(ws_real, ws_fake, x_real, G, _Encoder(), _Farl(),
              params=FalcoParams(steps=3, layers=layers, channels_last=channels_last))
     assert len(G.prefix_calls) == 1
-    ws, start, args, kwargs, prefix = G.prefix_calls[0]
+    ws, start, kwargs, prefix = G.prefix_calls[0]
     assert torch.equal(ws[:, :start], ws_real[:, :start]) and start == layers[0]
-    assert args == () and kwargs == {"channels_last": channels_last}
+    assert kwargs == {"noise_mode": "const", "channels_last": channels_last}
     assert [c["prefix"] for c in G.calls] == [prefix] * 3
 
 

@@ -132,3 +132,15 @@ def test_subtitle_streams_are_copied_untouched(tmp_path, suffix):
     assert found == cue_packets(src) and len(found) == 2
     assert [t for _, t in found] == pytest.approx([0.0, 0.3], abs=1e-3)
     assert b"second line" in found[1][0]
+
+
+def test_data_streams_such_as_telemetry_are_dropped_unless_metadata_is_kept():
+    """Camera telemetry (GoPro's GPMF carries GPS) travels in data streams: metadata, dropped by default."""
+    from types import SimpleNamespace
+
+    from falco.video.io import _copied_streams
+
+    audio, subs, data = object(), object(), object()
+    src = SimpleNamespace(streams=SimpleNamespace(audio=[audio], subtitles=[subs], data=[data]))
+    assert _copied_streams(src, keep_metadata=False) == [audio, subs]
+    assert _copied_streams(src, keep_metadata=True) == [audio, subs, data]

@@ -18,7 +18,7 @@ from falco.run.image_files import load_image
 from falco.run.manifest import RunManifest
 from falco.video.io import iter_frames, probe
 from falco.video.synth import make_clip, pan_frames
-from tests.conftest import shared_path
+from tests.conftest import blind_detection, shared_path
 from tests.test_video_io import _audio_packets as _audio, _times
 
 FRAMES = 24
@@ -89,21 +89,7 @@ def test_every_face_of_every_frame_is_anonymized(method, source, input_boxes, ti
 
 def test_a_frame_where_detection_misses_is_still_covered(source, input_boxes, tiny_models, tmp_path, monkeypatch,
                                                          one_thread):
-    import falco.faces.pipeline as pipeline
-
-    real = pipeline.detect_and_align
-    calls = {"n": 0}
-
-    def flaky(image, *args, **kwargs):
-        t = calls["n"]
-        calls["n"] += 1
-        if t == 9:
-            return []  # both faces missed on frame 9
-        if t == 14:
-            raise RuntimeError("detector crashed")  # a failed call on frame 14
-        return real(image, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "detect_and_align", flaky)
+    calls = blind_detection(monkeypatch, misses={9}, crashes={14})  # both faces missed on 9, a failed call on 14
     out = tmp_path / "out"
     summary = run(source.parent, out, "pixelate", tiny_models)
     assert not summary.failed and calls["n"] == FRAMES
@@ -303,3 +289,24 @@ def test_the_guard_redoes_a_falco_face_from_its_tracks_own_fake(tiny_models, tin
     assert len(redos) == 8  # 2 faces x 4 frames, one at a time, each from its own track's fake
     assert all(len(n) == 1 and n[0] in fakes and cold for n, _, cold in redos)
     assert sorted(n[0] for n, _, _ in redos) == sorted(list(fakes) * 4)
+
+
+def test_no_reuse_gives_every_track_and_photo_of_the_run_its_own_fake(tiny_models, tiny_bank, tmp_path, monkeypatch,
+                                                                      one_thread):
+    from falco.video.identity import TrackedMethod
+
+    init = TrackedMethod.__init__  # each track takes its nearest fake: the same people in b.mp4 would take a.mp4's
+    monkeypatch.setattr(TrackedMethod, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "choices": 1}))
+    src = tmp_path / "in"
+    first = clip(src, "a.mp4", frames=3)
+    shutil.copy(first, src / "b.mp4")  # the same two people in a second video
+    shutil.copy(shared_path("data", "faces", "2008_001322.jpg"), src / "photo.jpg")
+    out = tmp_path / "out"
+    summary = run(src, out, "falco", tiny_models, bank=tiny_bank, falco=FalcoParams(steps=1), video_steps=1,
+                  reuse=False)
+    assert not summary.failed
+    with RunManifest(out) as m:
+        rows = list(m.faces())
+    fakes = [row["neighbour"] for row in rows]
+    assert len(rows) == 2 + 2 + 3 and None not in fakes  # two tracks per video, three faces in the photo
+    assert len(set(fakes)) == len(fakes), fakes

@@ -19,7 +19,7 @@ from falco.run.inputs import discover_inputs
 from falco.run.manifest import RunManifest
 from falco.video.sources import ImageSequence, sequence_frames
 from falco.video.synth import pan_frames
-from tests.conftest import shared_path
+from tests.conftest import blind_detection, shared_path
 
 FRAMES = 12
 JPEG_FRAMES = (4, 9)  # these frames are JPEG files, the others PNG
@@ -185,17 +185,7 @@ def test_a_killed_run_resumes_and_writes_the_same_frames(sequence, input_boxes, 
 
 def test_a_frame_where_detection_misses_is_still_covered(sequence, input_boxes, tiny_models, tmp_path, monkeypatch,
                                                          one_thread):
-    import falco.faces.pipeline as pipeline
-
-    real = pipeline.detect_and_align
-    calls = {"n": 0}
-
-    def blind_on_frame_6(image, *args, **kwargs):
-        t = calls["n"]
-        calls["n"] += 1
-        return [] if t == 6 else real(image, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "detect_and_align", blind_on_frame_6)
+    calls = blind_detection(monkeypatch, misses={6})
     out = tmp_path / "out"
     summary = run(sequence.parent, out, "blur", tiny_models)
     assert not summary.failed and calls["n"] == FRAMES

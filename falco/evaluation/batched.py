@@ -36,7 +36,7 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 import numpy as np
 
 from falco.errors import InputError
-from falco.evaluation.common import FeatureCache, landmarks_key
+from falco.evaluation.common import FeatureCache, landmarks_key, recognizer_spec
 
 __all__ = ["CHUNK_BYTES", "CHUNK_FACES", "DEFAULT_BATCH_SIZE", "PhotoFaces", "batch_plan", "mtcnn_batch_boxes",
            "run_networks"]
@@ -219,8 +219,6 @@ def run_networks(tools: Any, cache: FeatureCache, photos: Sequence[PhotoFaces], 
     Returns:
         ``{network: [calls, crops or photos]}``: what ran (the benchmark and tests read it).
     """
-    from falco.evaluation.collect import recognizer_spec
-
     stats: dict[str, list[int]] = {}
     det = tools.detectors.get("mtcnn")
     if det is not None and (mtcnn if mtcnn is not None else str(getattr(det, "device", "cpu")).startswith("cuda")):

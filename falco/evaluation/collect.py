@@ -24,7 +24,8 @@ import numpy as np
 
 from falco.errors import ImageLoadError, InputError
 from falco.evaluation.batched import CHUNK_BYTES, CHUNK_FACES, PhotoFaces, run_networks
-from falco.evaluation.common import FeatureCache, image_digest, landmarks_key, progress_bar
+from falco.evaluation.common import (LANDMARKS_SPEC, FeatureCache, image_digest, landmarks_key, progress_bar,
+                                     recognizer_spec)
 from falco.evaluation.detection import DetectionCount, count_detected, get_eval_detector, match_boxes
 from falco.evaluation.pairing import FacePair, ManifestFace, PhotoPair
 from falco.evaluation.regions import part_changes
@@ -33,7 +34,7 @@ from falco.faces.detect import get_detector
 from falco.faces.ffhq import align_face
 from falco.run.image_files import load_image
 
-__all__ = ["LANDMARKS_SPEC", "RunData", "collect_run", "recognizer_spec"]
+__all__ = ["RunData", "collect_run"]
 
 
 @dataclass
@@ -62,30 +63,6 @@ class RunData:
     part_change: list[dict[str, float | None]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-
-
-#: Tool spec of the landmarks in the disk cache (dlib's 68-point shape predictor).
-LANDMARKS_SPEC = "lm:dlib-shape_predictor_68_face_landmarks"
-
-
-def recognizer_spec(rec) -> str:
-    """Tool spec of a recogniser's embeddings in the disk cache: its rule and a fingerprint of its weights."""
-    spec = getattr(rec, "_falco_cache_spec", None)
-    if spec is None:
-        import hashlib
-
-        h = hashlib.sha256(f"{rec.name}|{rec.describe()}|{getattr(rec, 'path', '')}".encode())
-        encoder = getattr(rec, "encoder", None)
-        if encoder is not None and hasattr(encoder, "state_dict"):
-            for name, t in sorted(encoder.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
-        spec = f"emb:{rec.name}:{h.hexdigest()[:16]}"
-        try:
-            rec._falco_cache_spec = spec
-        except AttributeError:  # a frozen or slotted recogniser: recomputed each time
-            pass
-    return spec
 
 
 def _landmarks(cache: FeatureCache, digest: str, image: np.ndarray, box, persist: bool = False) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 
 from falco.errors import FalcoError
 
-__all__ = ["FeatureCache", "MetricUnavailable", "image_digest", "landmarks_key", "progress_bar"]
+__all__ = ["LANDMARKS_SPEC", "FeatureCache", "MetricUnavailable", "image_digest", "landmarks_key", "progress_bar",
+           "recognizer_spec"]
 
 
 class MetricUnavailable(FalcoError):
@@ -111,3 +112,25 @@ def progress_bar(items: Iterable[Any], *, desc: str, unit: str, enabled: bool = 
         yield bar
     finally:
         bar.close()
+
+
+#: Tool spec of the landmarks in the disk cache (dlib's 68-point shape predictor).
+LANDMARKS_SPEC = "lm:dlib-shape_predictor_68_face_landmarks"
+
+
+def recognizer_spec(rec) -> str:
+    """Tool spec of a recogniser's embeddings in the disk cache: its rule and a fingerprint of its weights."""
+    spec = getattr(rec, "_falco_cache_spec", None)
+    if spec is None:
+        h = hashlib.sha256(f"{rec.name}|{rec.describe()}|{getattr(rec, 'path', '')}".encode())
+        encoder = getattr(rec, "encoder", None)
+        if encoder is not None and hasattr(encoder, "state_dict"):
+            for name, t in sorted(encoder.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
+        spec = f"emb:{rec.name}:{h.hexdigest()[:16]}"
+        try:
+            rec._falco_cache_spec = spec
+        except AttributeError:  # a frozen or slotted recogniser: recomputed each time
+            pass
+    return spec

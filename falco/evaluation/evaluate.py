@@ -30,7 +30,8 @@ import numpy as np
 from falco import __version__
 from falco.errors import InputError
 from falco.evaluation.attributes import load_labels_csv
-from falco.evaluation.collect import LANDMARKS_SPEC, collect_run
+from falco.evaluation.collect import collect_run
+from falco.evaluation.common import LANDMARKS_SPEC
 from falco.evaluation.common import FeatureCache, image_digest
 from falco.evaluation.detection import CNN_MAX_PIXELS, get_eval_detector
 from falco.evaluation.pairing import list_photo_pairs, manifest_path, read_manifest_faces, read_manifest_sources

@@ -37,6 +37,7 @@ __all__ = [
     "DLIB_THRESHOLD",
     "ArcFaceRecognizer",
     "DlibRecognizer",
+    "reference_descriptors",
     "INSIGHTFACE_THRESHOLD",
     "InsightfaceRecognizer",
     "Recognizer",
@@ -195,3 +196,26 @@ def same_person(recognizer: Recognizer, scores: np.ndarray) -> np.ndarray:
     if recognizer.metric == "euclidean":
         return np.asarray(scores) < recognizer.threshold
     return np.asarray(scores) >= recognizer.threshold
+
+
+def reference_descriptors(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """``--keep-identity``: dlib descriptors of the largest face of each reference photo (photos and videos).
+
+    Shape: ``[len(paths), 128]``.
+
+    Raises:
+        InputError: A reference photo without a face.
+    """
+    from falco.faces.pipeline import detect_and_align
+    from falco.run.image_files import load_image
+
+    rec = DlibRecognizer()
+    out = []
+    for path in paths:
+        image = load_image(path)
+        faces = detect_and_align(image, size=64)
+        if not faces:
+            raise InputError(f"--keep-identity {str(path)!r}: no face found in the reference photo")
+        largest = max(faces, key=lambda f: f.quad_size)
+        out.append(rec.embed(image, [largest.landmarks])[0])
+    return np.stack(out)

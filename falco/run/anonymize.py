@@ -262,20 +262,10 @@ def make_selector(references: tuple[Path, ...]):
     """``--keep-identity``: a function flagging faces that match a reference photo (dlib, < 0.6)."""
     if not references:
         return None
-    from falco.faces.pipeline import detect_and_align
-    from falco.faces.recognizers import DlibRecognizer
-    from falco.run.image_files import load_image
+    from falco.faces.recognizers import DlibRecognizer, reference_descriptors
 
     rec = DlibRecognizer()
-    refs = []
-    for path in references:
-        image = load_image(path)
-        faces = detect_and_align(image, size=64)
-        if not faces:
-            raise InputError(f"--keep-identity {str(path)!r}: no face found in the reference photo")
-        largest = max(faces, key=lambda f: f.quad_size)
-        refs.append(rec.embed(image, [largest.landmarks])[0])
-    refs_arr = np.stack(refs)
+    refs_arr = reference_descriptors(references)
 
     def select(image: np.ndarray, faces) -> list[bool]:
         desc = rec.embed(image, [f.landmarks for f in faces])

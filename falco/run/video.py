@@ -49,16 +49,17 @@ from tqdm.auto import tqdm
 from falco.config import AnonymizeConfig
 from falco.errors import FalcoError, InputError, RunAbortedError
 from falco.methods.base import Anonymizer, face_key
+from falco.faces.recognizers import reference_descriptors
 from falco.run.atomic import atomic_write_text
 from falco.run.inputs import InputItem
 from falco.run.manifest import RunManifest
 from falco.run.runner import RunSummary
-from falco.video.identity import TrackedMethod, video_seed
 from falco.run.regions import RegionControl
+from falco.run.video_policy import check_policy, open_identity_map
+from falco.video.identity import TrackedMethod, video_seed
 from falco.video.io import VideoInfo
+from falco.video.policy import IdentityMap, bank_fingerprint, cluster_tracks, identity_policy, sample_frames
 from falco.video.sources import FrameSource, frame_source
-from falco.video.policy import IDENTITIES_FILE, IdentityMap, bank_fingerprint, cluster_tracks, identity_policy, \
-    sample_frames
 from falco.video.tracking import Detection, Track, link_tracks
 from falco.video.tracks import TrackFace, frame_faces
 
@@ -77,6 +78,8 @@ def run_videos(cfg: AnonymizeConfig, items: list[InputItem], anonymizer: Anonymi
                regions: RegionControl | None = None) -> RunSummary:
     """Anonymize every unfinished video (or image sequence: a folder) of ``items``; a failing video is recorded
     and the others go on. ``regions`` (``--keep``/``--change``) blends every frame after the method."""
+    if cfg.save_crops:
+        log.warning("--save-crops: written for photos only; a video's faces are recorded per track (manifest rows)")
     policy = check_policy(cfg, manifest)
     identity_map = open_identity_map(cfg) if policy == "across-videos" else None
     provenance = {**provenance, "identity_policy": policy}
@@ -110,67 +113,6 @@ def run_videos(cfg: AnonymizeConfig, items: list[InputItem], anonymizer: Anonymi
         else:
             summary.no_face += 1
     return summary
-
-
-def check_policy(cfg: AnonymizeConfig, manifest: RunManifest) -> str:
-    """The run's identity policy, after checking that the videos already finished in the output folder were
-    made under the same one (an unfinished video restarts under a new policy; see :meth:`VideoJob._check_work`)."""
-    from falco.run.sharding import current_shard
-
-    policy = identity_policy(cfg.merge_tracks, cfg.same_identity_across_videos)
-    before: dict[str, set[str]] = {}
-    for row in manifest.faces():
-        if row.get("track") is not None and row["status"] != "failed":  # a video's or an image sequence's track
-            before.setdefault(row.get("identity_policy", "track"), set()).add(row["source"])
-    for other, videos in sorted(before.items()):
-        if other != policy:
-            raise InputError(f"--out {cfg.out} holds {len(videos)} video(s) anonymized under the identity policy "
-                             f"{other!r} ({_flags(other)}, e.g. {sorted(videos)[0]}); this run asks for {policy!r} "
-                             f"({_flags(policy)}): give the same flags again, or another --out")
-    if policy == "across-videos":
-        if current_shard().distributed:
-            raise InputError("--same-identity-across-videos keeps one mapping of people for all videos; it cannot "
-                             "run split over several processes (torchrun): run it in one process")
-        if before and not (cfg.out / IDENTITIES_FILE).exists():
-            raise InputError(f"{cfg.out / IDENTITIES_FILE} is missing, but {len(before[policy])} video(s) of --out "
-                             "were anonymized with --same-identity-across-videos: restore it, or use another --out")
-    return policy
-
-
-def _flags(policy: str) -> str:
-    return {"track": "no identity flag", "merge-tracks": "--merge-tracks",
-            "across-videos": "--same-identity-across-videos"}[policy]
-
-
-def open_identity_map(cfg: AnonymizeConfig) -> IdentityMap:
-    """``<out>/identities.json`` (dlib's recogniser at its 0.6 threshold), read when an earlier run wrote it."""
-    from falco.faces.recognizers import DLIB_THRESHOLD
-
-    return IdentityMap(cfg.out / IDENTITIES_FILE, recognizer="dlib", threshold=DLIB_THRESHOLD)
-
-
-def reference_descriptors(paths: tuple[Path, ...]) -> np.ndarray:
-    """``--keep-identity``: dlib descriptors of the largest face of each reference photo (as for photos).
-
-    Shape: ``[len(paths), 128]``.
-
-    Raises:
-        InputError: A reference photo without a face.
-    """
-    from falco.faces.pipeline import detect_and_align
-    from falco.faces.recognizers import DlibRecognizer
-    from falco.run.image_files import load_image
-
-    rec = DlibRecognizer()
-    out = []
-    for path in paths:
-        image = load_image(path)
-        faces = detect_and_align(image, size=64)
-        if not faces:
-            raise InputError(f"--keep-identity {str(path)!r}: no face found in the reference photo")
-        largest = max(faces, key=lambda f: f.quad_size)
-        out.append(rec.embed(image, [largest.landmarks])[0])
-    return np.stack(out)
 
 
 def _fail(manifest: RunManifest, summary: RunSummary, item: InputItem, reason: str) -> None:

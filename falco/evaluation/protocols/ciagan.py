@@ -39,7 +39,7 @@ import numpy as np
 
 from falco import __version__
 from falco.errors import ImageLoadError, InputError
-from falco.evaluation.collect import LANDMARKS_SPEC, recognizer_spec
+from falco.evaluation.common import LANDMARKS_SPEC, recognizer_spec
 from falco.evaluation.common import FeatureCache, image_digest, landmarks_key, progress_bar
 from falco.evaluation.detection import get_eval_detector
 from falco.evaluation.pairing import list_photo_pairs
