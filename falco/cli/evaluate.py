@@ -32,6 +32,7 @@ def eval_attributes_command(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes running the dlib detectors of all photos in parallel first (protocols falco and deepprivacy)."),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", min=0, help="Faces per call of the torch networks (ArcFace, FaRL, Inception; MTCNN photos on CUDA), batched across photos (default: 64 on CUDA, 16 on the CPU; 0: one call per photo)."),
     video_every: int = typer.Option(2, "--video-every", min=1, help="Videos: measure every N-th frame (tOF/tLP on the pair N-1, N; 1: every frame, TecoGAN's figures)."),
+    flow: str = typer.Option("auto", "--flow", help="Videos: tOF's optical flow: auto (RAFT when `falco models download raft-small` installed it, else Farneback), farneback or raft."),
 ) -> None:
     """Measure detection, re-identification, attribute preservation and quality of anonymized photos; for videos also tOF/tLP, PSNR/LPIPS and identity consistency."""
     from falco.evaluation.run import run_eval_attributes
@@ -49,6 +50,6 @@ def eval_attributes_command(
                      detectors=split(detectors), recognizers=split(recognizers), classifiers=split(classifiers),
                      upsample=upsample, fid=not no_fid, examples=examples, models=models, device=device,
                      progress=not no_progress, protocol=protocol, workers=workers, video_every=video_every,
-                     eval_batch_size=eval_batch_size,
+                     video_flow=flow, eval_batch_size=eval_batch_size,
                      disk_cache=None if no_cache else (cache or default_cache_dir()))
     run_eval_attributes(cfg, out, echo=lambda msg: typer.echo(msg, err=True))

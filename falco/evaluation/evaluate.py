@@ -81,6 +81,7 @@ class EvalConfig:
             once per photo (the per-photo path).
         video_every: For videos (``real`` a video file, or videos in the folders; see
             :mod:`falco.evaluation.video`): measure every ``video_every``-th frame.
+        video_flow: tOF's optical flow (:func:`falco.evaluation.temporal.choose_flow`).
     """
 
     real: Path
@@ -105,6 +106,7 @@ class EvalConfig:
     workers: int = 1
     eval_batch_size: int | None = None  # batched network pass (falco.evaluation.batched); None: by device
     video_every: int = 2  # videos (falco.evaluation.video): measure every N-th frame
+    video_flow: str = "auto"  # videos: tOF's optical flow, auto (RAFT when installed), farneback or raft
 
 
 @dataclass
@@ -178,6 +180,10 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         raise InputError(f"--real {str(real_root)!r} is not a folder or a video")
     if isinstance(cfg.video_every, bool) or not isinstance(cfg.video_every, int) or cfg.video_every < 1:
         raise InputError(f"--video-every must be an integer >= 1, got {cfg.video_every!r}")
+    from falco.evaluation.temporal import FLOWS
+
+    if cfg.video_flow not in FLOWS:
+        raise InputError(f"--flow must be one of {', '.join(FLOWS)}, got {cfg.video_flow!r}")
     cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
     from falco.evaluation.batched import batch_plan
 
@@ -230,12 +236,13 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
         report.examples[name] = examples
         report.faces[name] = faces
     if video_runs:
+        from falco.evaluation.temporal import choose_flow
         from falco.evaluation.video import evaluate_videos
 
         say(f"evaluating videos: {sum(len(v) for v in video_runs.values())} pair(s)")
         video = evaluate_videos(video_runs, tools, every=cfg.video_every, reference_detector=cfg.reference_detector,
                                 upsample=cfg.upsample, detection_iou=cfg.detection_iou, progress=cfg.progress,
-                                echo=say)
+                                echo=say, flow_of=choose_flow(cfg.video_flow, cfg.models, cfg.device))
         report.data["not_installed"].update(video.pop("not_installed"))
         report.data["video"] = video
     if cfg.protocol == "deepprivacy":

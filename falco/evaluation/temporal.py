@@ -32,8 +32,8 @@ import numpy as np
 from falco.errors import InputError
 from falco.video.io import iter_frames, probe
 
-__all__ = ["FARNEBACK", "crop_8x8", "flow", "flow_difference", "identity_consistency", "lpips_pairs", "psnr_y",
-           "temporal_metrics"]
+__all__ = ["FARNEBACK", "FLOWS", "choose_flow", "crop_8x8", "flow", "flow_difference", "identity_consistency",
+           "lpips_pairs", "psnr_y", "temporal_metrics"]
 
 #: TecoGAN's Farneback parameters: pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags.
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
@@ -60,6 +60,39 @@ def flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     a = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY)
     b = cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY)
     return cv2.calcOpticalFlowFarneback(a, b, None, *FARNEBACK)
+
+
+#: ``--flow`` choices: RAFT when its weights are installed (``auto``), or one of the two.
+FLOWS = ("auto", "farneback", "raft")
+
+
+def choose_flow(choice: str = "auto", models: Any = None, device: str = "cpu") -> tuple[Any, str]:
+    """The optical flow of tOF: ``(flow function, description)``.
+
+    ``raft``: RAFT-small from the model set (:func:`falco.models.raft.load_raft`); ``farneback``:
+    :func:`flow`; ``auto``: RAFT when ``raft-small`` is installed, else Farneback (the description
+    says so, with the command that installs RAFT).
+
+    Raises:
+        InputError: An unknown choice.
+        ModelNotFoundError, ChecksumError, CheckpointError: ``raft`` without usable weights.
+    """
+    from falco.errors import ModelNotFoundError
+
+    if choice not in FLOWS:
+        raise InputError(f"--flow must be one of {', '.join(FLOWS)}, got {choice!r}")
+    farneback = f"OpenCV Farneback {FARNEBACK} on grey frames"
+    if choice == "farneback":
+        return flow, farneback
+    from falco.models.raft import load_raft
+
+    try:
+        raft = load_raft(models, device=device)
+    except ModelNotFoundError:
+        if choice == "raft":
+            raise
+        return flow, f"{farneback} (RAFT is not installed: falco models download raft-small)"
+    return raft, f"RAFT-small (torchvision, {raft.updates} refinements) on RGB frames"
 
 
 def flow_difference(real_flow: np.ndarray, anon_flow: np.ndarray) -> float:

@@ -181,7 +181,7 @@ def _check_pair(pair: VideoPair) -> int:
 
 
 def _measure(pair: VideoPair, tools: Any, *, every: int, reference_detector: str, upsample: int,
-             detection_iou: float, lpips: Any, bar: Any) -> _Acc:
+             detection_iou: float, lpips: Any, bar: Any, flow_of: Callable = flow) -> _Acc:
     from falco.faces.pipeline import detect_and_align
     from falco.video.tracking import Detection, link_tracks
 
@@ -199,7 +199,7 @@ def _measure(pair: VideoPair, tools: Any, *, every: int, reference_detector: str
             continue
         acc.sampled += 1
         if prev is not None:
-            acc.tof.append(flow_difference(flow(prev[0], real), flow(prev[1], anon)))
+            acc.tof.append(flow_difference(flow_of(prev[0], real), flow_of(prev[1], anon)))
         psnr = psnr_y(real, anon)
         acc.psnr.append(psnr)
         if lpips is not None:
@@ -308,13 +308,16 @@ def published_video() -> dict[str, Any]:
 
 def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int = DEFAULT_EVERY,
                     reference_detector: str = "hog", upsample: int = 1, detection_iou: float = 0.5,
-                    progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+                    progress: bool = True, echo: Callable[[str], None] = print,
+                    flow_of: tuple[Callable, str] | None = None) -> dict[str, Any]:
     """The report's ``video`` section: per run, per video and overall (see the module docstring).
 
     Args:
         runs: Per run name, its video pairs (:func:`list_video_pairs`).
         tools: The evaluation's :class:`~falco.evaluation.tools.Tools` (recognizers, detectors, LPIPS).
         every: Measure every ``every``-th frame (``--video-every``).
+        flow_of: The optical flow of tOF and its description (:func:`~falco.evaluation.temporal.choose_flow`;
+            None: Farneback).
         echo: Where the one-line problems go as they happen (they are also in the section).
 
     Raises:
@@ -324,6 +327,7 @@ def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int 
 
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise InputError(f"--video-every must be an integer >= 1, got {every!r}")
+    flow_fn, flow_name = flow_of or (flow, f"OpenCV Farneback {FARNEBACK} on grey frames")
     lpips_reason, not_installed = _lpips_reason(tools)
     lpips = tools.lpips.eval() if tools.lpips is not None else None
     missing = {k: v for k, v in tools.unavailable.items() if k.startswith(("reid_rate.", "detection_rate."))}
@@ -332,8 +336,9 @@ def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int 
         "settings": {
             "every": every,
             "tOF": "TecoGAN: mean over pixels of the length of the difference of the real and anonymized videos' "
-                   f"Farneback flows {FARNEBACK} between frames t-1 and t, on TecoGAN's crop (sides cut to a "
-                   "multiple of 32 at least 16 px shorter); pixels, lower is steadier",
+                   "optical flows between frames t-1 and t, on TecoGAN's crop (sides cut to a multiple of 32 at "
+                   "least 16 px shorter); pixels, lower is steadier",
+            "flow": flow_name,
             "tLP": "TecoGAN: 100 x |LPIPS(real t-1, real t) - LPIPS(anon t-1, anon t)| on the crop; lower is steadier",
             "psnr": "TecoGAN: dB on the BT.601 luma of the crop, mean over frames",
             "lpips": "LPIPS AlexNet v0.1 between the real and anonymized frame (crop), mean over frames",
@@ -364,7 +369,7 @@ def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int 
             for pair, _ in good:
                 try:
                     acc = _measure(pair, tools, every=every, reference_detector=reference_detector, upsample=upsample,
-                                   detection_iou=detection_iou, lpips=lpips, bar=bar)
+                                   detection_iou=detection_iou, lpips=lpips, bar=bar, flow_of=flow_fn)
                 except InputError as exc:
                     problems.append(str(exc))
                     echo(f"{name}: {exc}")

@@ -77,7 +77,7 @@ def video_table(data: dict[str, Any], *, per_video: bool = False) -> str:
 
 def _notes(video: dict[str, Any]) -> list[str]:
     s = video["settings"]
-    notes = [f"{k}: {s[k]}." for k in ("tOF", "tLP", "psnr", "lpips", "frames")]
+    notes = [f"{k}: {s[k]}." for k in ("tOF", "flow", "tLP", "psnr", "lpips", "frames") if k in s]
     notes.append(f"Re-ID per frame: share of the faces the reference detector ({s['reference_detector']}) finds in "
                  "a measured real frame whose anonymized face, read at the real landmarks, the recognizer calls the "
                  "same person: " + "; ".join(f"{k}: {v}" for k, v in s["recognizers"].items()) + ".")

@@ -35,7 +35,7 @@ __all__ = [
 ROLES: tuple[str, ...] = ("generator", "encoder", "identity", "attributes", "landmarks", "recognition", "detector",
                           "ciagan", "deepprivacy", "attribute-classifier", "image-quality", "parsing",
                           "anonygan", "detector-yunet", "recognizer-sface", "detector-scrfd", "recognizer-insightface",
-                          "lpips-backbone", "lpips-lin")
+                          "lpips-backbone", "lpips-lin", "optical-flow")
 
 _NVIDIA_NC = (
     "NVIDIA Source Code License-NC: non-commercial research and evaluation only "
@@ -372,6 +372,22 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         description="AlexNet (torchvision, ImageNet) for LPIPS: per-part LPIPS and tLP in falco eval-attributes",
         homepage="https://github.com/richzhang/PerceptualSimilarity",
         checksum_source="torchvision names the file by the first 8 hex digits of its sha256 (7be5be79); the full "
+                        "digest is not published (recorded in the model set's manifest on download)",
+    ),
+    ModelEntry(
+        name="raft-small",
+        filename="raft_small_C_T_V2-01064c6d.pth",
+        urls=("https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth",),
+        sha256=None,
+        size=None,
+        licence="torchvision weights, BSD-3-Clause (trained on FlyingChairs and FlyingThings3D: research datasets)",
+        licence_tag="BSD-3-Clause",
+        role="optical-flow",
+        layout="torchvision-raft-small",
+        preprocessing="RGB in [-1, 1], both sides a multiple of 8; the last of the iterative flow refinements",
+        description="RAFT small (torchvision Raft_Small_Weights.C_T_V2): optical flow for tOF in falco eval-attributes",
+        homepage="https://github.com/princeton-vl/RAFT",
+        checksum_source="torchvision names the file by the first 8 hex digits of its sha256 (01064c6d); the full "
                         "digest is not published (recorded in the model set's manifest on download)",
     ),
     ModelEntry(
