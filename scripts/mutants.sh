@@ -50,11 +50,9 @@ declare -A KEXPR=(
   [mixing]="test_mix_codes or test_params_are_validated or test_amp_flag or test_zero_steps or test_only_the_middle or test_on_step or test_lr_decays or test_falco_params_and or test_identity_loss_at_step_1 or test_margin_pulls or test_promise_mutants or test_the_masks_weigh or test_region_focus_is_checked or test_a_failing_compile or test_promise_mixing"
 )
 # module -> "file:function ..." whose decorator is moved below the function in the copy: mutmut 3
-# never mutates a decorated function, so `@app.command(...) def anonymize_command` would give no
-# mutant at all. The copy registers the command after the definition instead (same CLI).
-declare -A UNDECORATE=(
-  [config]="falco/cli/anonymize.py:anonymize_command"
-)
+# never mutates a decorated function. None today: the commands are registered in falco/cli/root.py
+# (`app.command(...)(anonymize_command)`), so their functions are plain and mutmut mutates them.
+declare -A UNDECORATE=()
 ORDER=(losses pixels guard paste mixing config)
 
 REPORT_ONLY=0

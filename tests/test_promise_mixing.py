@@ -22,6 +22,7 @@ from torch import nn
 import falco.latent.optimise as om
 from falco.errors import InputError, RunAbortedError
 from falco.latent.optimise import FalcoParams, _FaceScaler, optimise, too_many_skipped
+from tests.test_anonymize import _InfGrad
 
 NUM_WS, W_DIM = 10, 8
 
@@ -57,21 +58,6 @@ class _G(nn.Module):
                                fp16_dtype=fp16_dtype))
         img = torch.tanh(ws.flatten(1) @ self.proj).view(-1, 3, 8, 8)
         return img.repeat_interleave(32, dim=2).repeat_interleave(32, dim=3)  # 256 px, contiguous
-
-
-class _InfGrad(torch.autograd.Function):
-    """Identity forward; the backward makes the gradient of ``rows`` infinite (an fp16 overflow)."""
-
-    @staticmethod
-    def forward(ctx, x, rows):
-        ctx.rows = rows
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone()
-        g[ctx.rows] = float("inf")
-        return g, None
 
 
 class _Encoder(nn.Module):

@@ -47,7 +47,7 @@ def test_raft_runs_on_frames_of_any_size_as_torchvision_computes_it(state):
 def test_bad_weights_and_frames_are_one_line_errors(state, tmp_path):
     broken = dict(state)
     broken.pop(next(iter(broken)))
-    with pytest.raises(CheckpointError, match="not RAFT-small weights"):
+    with pytest.raises(CheckpointError, match="RAFT-small keys do not match"):
         raft_from_state_dict(broken, source="x.pth")
     with pytest.raises(ModelNotFoundError, match="raft-small"):
         load_raft(tmp_path)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from falco.errors import CheckpointError, InputError
+from falco.errors import InputError
+from falco.models._checkpoint import load_checked, load_checkpoint, unwrap_state_dict
 
 __all__ = ["RaftFlow", "load_raft", "raft_from_state_dict"]
 
@@ -43,17 +44,7 @@ def raft_from_state_dict(state: Mapping[str, Any], *, source: str = "<state dict
     Raises:
         CheckpointError: Missing, unexpected or misshaped tensors (the message names ``source``).
     """
-    net = _net()
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    bad = sorted(k for k in set(expected) & set(state)
-                 if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)
-    if missing or extra or bad:
-        raise CheckpointError(source, f"not RAFT-small weights (missing {missing[:3]}, unexpected {extra[:3]}, "
-                                      f"misshaped {bad[:3]})")
-    net.load_state_dict(dict(state))
-    return net.eval().requires_grad_(False)
+    return load_checked(_net(), state, source, what="RAFT-small").eval().requires_grad_(False)
 
 
 class RaftFlow:
@@ -100,10 +91,5 @@ def load_raft(models: str | os.PathLike | None = None, *, device: str | torch.de
     from falco.pretrained.modelset import resolve_model
 
     path = resolve_model("raft-small", models)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: one line naming it
-        raise CheckpointError(os.fspath(path), f"cannot read as a state dict ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, Mapping):
-        raise CheckpointError(os.fspath(path), f"expected a state dict, got {type(state).__name__}")
+    state = unwrap_state_dict(load_checkpoint(path), path, keys=())
     return RaftFlow(raft_from_state_dict(state, source=os.fspath(path)), device=device)
