@@ -39,7 +39,7 @@ declare -A TESTS=(
   [guard]="tests/test_guard.py tests/test_promise_guard.py tests/test_promise_mutants.py tests/test_promise_guard2.py"
   [paste]="tests/test_promise_paste.py tests/test_promise_region.py tests/test_promise_mutants.py tests/test_align.py"
   [mixing]="tests/test_anonymize.py tests/test_promise_params.py tests/test_promise_mutants.py tests/test_region_focus.py tests/test_anonymize_cli.py tests/test_promise_mixing.py"
-  [config]="tests/test_promise_params.py tests/test_promise_mutants.py"
+  [config]="tests/test_promise_params.py tests/test_promise_mutants.py tests/test_promise_config.py"
 )
 # module -> pytest -k expression leaving out the slow end-to-end tests (each surviving mutant
 # re-runs every selected test that reaches the mutated function, so a 5 s CLI test that reaches
