@@ -124,6 +124,35 @@ def apply_method(anon, photo, faces):
     return out, records
 
 
+class _SpySummary:
+    failed: list = []
+    unsafe = 0
+
+    def line(self) -> str:
+        return "done"
+
+
+def anonymize_cli_configs(monkeypatch, tmp_path: Path, *flags: str) -> tuple[int, list]:
+    """``(exit code, configs handed to run_anonymize)`` of ``falco anonymize IN --out OUT FLAGS...``, the run
+    replaced by a spy (which checks it gets an ``echo`` and prints "message from the run" with it)."""
+    import falco.run.anonymize as cmd
+    from falco.cli import main
+
+    seen = []
+
+    def spy(cfg, echo=None):
+        assert echo is not None  # progress and warnings are printed, on stderr
+        echo("message from the run")
+        seen.append(cfg)
+        return _SpySummary()
+
+    monkeypatch.setattr(cmd, "run_anonymize", spy)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *flags])
+    return exc.value.code, seen
+
+
 def blind_detection(monkeypatch, misses=(), crashes=()) -> dict:
     """``falco.faces.pipeline.detect_and_align`` finding nothing on the calls in ``misses`` and raising on those in
     ``crashes`` (calls counted from 0: a video's frames, in order). Returns the call counter ``{"n": calls}``."""

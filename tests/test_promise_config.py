@@ -20,38 +20,13 @@ from falco.cli.anonymize import _option_value, parse_method_options
 from falco.config import AnonymizeConfig, anonymize_config_from_dict
 from falco.errors import InputError
 from falco.latent.optimise import FalcoParams
+from tests.conftest import anonymize_cli_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _Summary:
-    failed: list = []
-    unsafe = 0
-
-    def line(self) -> str:
-        return "done"
-
-
-def _run_cli(monkeypatch, tmp_path, *flags):
-    """(exit code, configs handed to run_anonymize) of `falco anonymize IN --out OUT FLAGS...`."""
-    import falco.run.anonymize as cmd
-    from falco.cli import main
-
-    seen = []
-
-    def spy(cfg, echo=None):
-        seen.append(cfg)
-        return _Summary()
-
-    monkeypatch.setattr(cmd, "run_anonymize", spy)
-    (tmp_path / "in").mkdir(exist_ok=True)
-    with pytest.raises(SystemExit) as exc:
-        main(["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *flags])
-    return exc.value.code, seen
-
-
 def _cli_cfg(monkeypatch, tmp_path, *flags) -> AnonymizeConfig:
-    code, seen = _run_cli(monkeypatch, tmp_path, *flags)
+    code, seen = anonymize_cli_configs(monkeypatch, tmp_path, *flags)
     assert code == 0 and len(seen) == 1
     return seen[0]
 
@@ -113,7 +88,7 @@ def test_cli_method_specific_flags_become_method_options(monkeypatch, tmp_path):
 
 
 def test_cli_refuses_both_presets(monkeypatch, tmp_path):
-    code, seen = _run_cli(monkeypatch, tmp_path, "--blur-preset", "heavy", "--pixelate-preset", "ciagan-8x8")
+    code, seen = anonymize_cli_configs(monkeypatch, tmp_path, "--blur-preset", "heavy", "--pixelate-preset", "ciagan-8x8")
     assert code == 2 and seen == []
 
 

@@ -12,7 +12,7 @@ import torch
 
 from falco.errors import InputError
 from falco.latent.losses import identity_margin_loss, token_l1_loss
-from tests.conftest import ScriptedRecognizers
+from tests.conftest import ScriptedRecognizers, anonymize_cli_configs
 
 
 def _pair(batch: int = 3, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,32 +378,10 @@ def test_guard_review_covers_faces_only_the_second_detection_found():
 
 # --- config: every anonymize flag reaches the config the run gets ------------------------
 
-class _Summary:
-    failed: list = []
-    unsafe = 0
-
-    def line(self) -> str:
-        return "done"
-
-
 def _anonymize_cfg(monkeypatch, tmp_path, *flags):
     """The AnonymizeConfig `falco anonymize IN --out OUT FLAGS...` hands to run_anonymize."""
-    import falco.run.anonymize as cmd
-    from falco.cli import main
-
-    seen = []
-
-    def spy(cfg, echo=None):
-        assert echo is not None  # progress and warnings are printed, on stderr
-        echo("message from the run")
-        seen.append(cfg)
-        return _Summary()
-
-    monkeypatch.setattr(cmd, "run_anonymize", spy)
-    (tmp_path / "in").mkdir(exist_ok=True)
-    with pytest.raises(SystemExit) as exc:
-        main(["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *flags])
-    assert exc.value.code == 0 and len(seen) == 1
+    code, seen = anonymize_cli_configs(monkeypatch, tmp_path, *flags)
+    assert code == 0 and len(seen) == 1
     return seen[0]
 
 
