@@ -31,12 +31,13 @@ from falco import __version__
 from falco.errors import InputError
 from falco.evaluation.attributes import load_labels_csv
 from falco.evaluation.collect import collect_run
-from falco.evaluation.common import LANDMARKS_SPEC
-from falco.evaluation.common import FeatureCache, image_digest
+from falco.evaluation.common import LANDMARKS_SPEC, FeatureCache, image_digest
 from falco.evaluation.detection import CNN_MAX_PIXELS, get_eval_detector
 from falco.evaluation.pairing import list_photo_pairs, manifest_path, read_manifest_faces, read_manifest_sources
 from falco.evaluation.summary import summarise_run
+from falco.evaluation.temporal import check_flow
 from falco.evaluation.tools import Tools, build_tools
+from falco.evaluation.video import check_every
 from falco.video.io import is_video
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,8 @@ def evaluate(cfg: EvalConfig, *, cache: FeatureCache | None = None,
 
     if not real_root.is_dir() and not (real_root.is_file() and is_video(real_root)):
         raise InputError(f"--real {str(real_root)!r} is not a folder or a video")
-    if isinstance(cfg.video_every, bool) or not isinstance(cfg.video_every, int) or cfg.video_every < 1:
-        raise InputError(f"--video-every must be an integer >= 1, got {cfg.video_every!r}")
-    from falco.evaluation.temporal import FLOWS
-
-    if cfg.video_flow not in FLOWS:
-        raise InputError(f"--flow must be one of {', '.join(FLOWS)}, got {cfg.video_flow!r}")
+    check_every(cfg.video_every)
+    check_flow(cfg.video_flow)
     cfg = dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
     from falco.evaluation.batched import batch_plan
 

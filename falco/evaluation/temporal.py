@@ -32,7 +32,7 @@ import numpy as np
 from falco.errors import InputError
 from falco.video.io import iter_frames, probe
 
-__all__ = ["FARNEBACK", "FLOWS", "choose_flow", "crop_8x8", "flow", "flow_difference", "identity_consistency",
+__all__ = ["FARNEBACK", "FLOWS", "check_flow", "choose_flow", "crop_8x8", "flow", "flow_difference", "identity_consistency",
            "lpips_pairs", "psnr_y", "temporal_metrics"]
 
 #: TecoGAN's Farneback parameters: pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags.
@@ -66,6 +66,13 @@ def flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
 FLOWS = ("auto", "farneback", "raft")
 
 
+def check_flow(choice: object) -> str:
+    """Validate a ``--flow`` choice (one of :data:`FLOWS`). Raises InputError naming the choices."""
+    if choice not in FLOWS:
+        raise InputError(f"--flow must be one of {', '.join(FLOWS)}, got {choice!r}")
+    return str(choice)
+
+
 def choose_flow(choice: str = "auto", models: Any = None, device: str = "cpu") -> tuple[Any, str]:
     """The optical flow of tOF: ``(flow function, description)``.
 
@@ -79,8 +86,7 @@ def choose_flow(choice: str = "auto", models: Any = None, device: str = "cpu") -
     """
     from falco.errors import ModelNotFoundError
 
-    if choice not in FLOWS:
-        raise InputError(f"--flow must be one of {', '.join(FLOWS)}, got {choice!r}")
+    check_flow(choice)
     farneback = f"OpenCV Farneback {FARNEBACK} on grey frames"
     if choice == "farneback":
         return flow, farneback

@@ -44,12 +44,12 @@ import numpy as np
 
 from falco.errors import InputError
 from falco.evaluation.detection import DetectionCount, count_detected
-from falco.evaluation.temporal import FARNEBACK, crop_8x8, flow, flow_difference, lpips_pairs, psnr_y
+from falco.evaluation.temporal import choose_flow, crop_8x8, flow, flow_difference, lpips_pairs, psnr_y
 from falco.faces.recognizers import pair_scores, same_person
 from falco.run.inputs import IMAGE_SUFFIXES
 from falco.video.io import VIDEO_SUFFIXES, is_video, iter_frames, probe
 
-__all__ = ["DEFAULT_EVERY", "VideoPair", "evaluate_videos", "has_photos", "list_video_pairs"]
+__all__ = ["DEFAULT_EVERY", "VideoPair", "check_every", "evaluate_videos", "has_photos", "list_video_pairs"]
 
 #: ``--video-every`` default: every other frame (half the cost; tOF/tLP still on consecutive frames).
 DEFAULT_EVERY = 2
@@ -306,6 +306,13 @@ def published_video() -> dict[str, Any]:
     return load_published().get("video", {})
 
 
+def check_every(every: object) -> int:
+    """Validate ``--video-every`` (an integer >= 1). Raises InputError."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise InputError(f"--video-every must be an integer >= 1, got {every!r}")
+    return every
+
+
 def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int = DEFAULT_EVERY,
                     reference_detector: str = "hog", upsample: int = 1, detection_iou: float = 0.5,
                     progress: bool = True, echo: Callable[[str], None] = print,
@@ -325,9 +332,8 @@ def evaluate_videos(runs: dict[str, list[VideoPair]], tools: Any, *, every: int 
     """
     from tqdm.auto import tqdm
 
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise InputError(f"--video-every must be an integer >= 1, got {every!r}")
-    flow_fn, flow_name = flow_of or (flow, f"OpenCV Farneback {FARNEBACK} on grey frames")
+    check_every(every)
+    flow_fn, flow_name = flow_of or choose_flow("farneback")
     lpips_reason, not_installed = _lpips_reason(tools)
     lpips = tools.lpips.eval() if tools.lpips is not None else None
     missing = {k: v for k, v in tools.unavailable.items() if k.startswith(("reid_rate.", "detection_rate."))}

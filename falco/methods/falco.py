@@ -252,16 +252,26 @@ class FalcoAnonymizer(Anonymizer):
         """
         if self.reuse:
             return np.asarray(self.bank.pair(feats)).reshape(-1)
-        if len(self.used) + len(feats) > len(self.bank):
-            raise InputError(f"--no-reuse: the bank has {len(self.bank)} fakes and {len(self.used)} are taken, "
-                             f"{len(feats)} more faces need one each; build a larger bank")
         taken = set(self.used)
+        self.check_free(len(taken), len(feats), "faces")
         out = []
         for q in feats:
-            pick = int(np.asarray(self.bank.pair(q[None], reuse=False, taken=taken)).reshape(-1)[0])
+            pick = self.nearest_free(q, taken)
             taken.add(pick)
             out.append(pick)
         return np.asarray(out, dtype=np.int64)
+
+    def check_free(self, taken: int, more: int, what: str) -> None:
+        """``--no-reuse``: raise InputError when ``taken`` fakes are given out and ``more`` ``what`` need one each
+        but the bank is too small."""
+        if taken + more > len(self.bank):
+            raise InputError(f"--no-reuse: the bank has {len(self.bank)} fakes and {taken} are taken, "
+                             f"{more} more {what} need one each; build a larger bank")
+
+    def nearest_free(self, feat: np.ndarray, taken: set[int]) -> int:
+        """``--no-reuse``: the bank index of the fake nearest to one face's features ``feat`` that is not in
+        ``taken``."""
+        return int(np.asarray(self.bank.pair(feat[None], reuse=False, taken=taken)).reshape(-1)[0])
 
     # -- a run's hooks ---------------------------------------------------------------------------
     @classmethod

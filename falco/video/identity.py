@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from falco.errors import InputError
 from falco.faces.ffhq import AlignedFace, align_face
 from falco.methods.base import Anonymizer, face_seed
 from falco.video.tracks import TrackFace
@@ -119,14 +118,12 @@ class TrackedMethod:
         strict = not getattr(anon, "reuse", True)  # --no-reuse: nor with any face of the run, ever
         if strict:
             taken |= set(anon.used)
-            if len(taken) + len(faces) > len(anon.bank):
-                raise InputError(f"--no-reuse: the bank has {len(anon.bank)} fakes and {len(taken)} are taken, "
-                                 f"{len(faces)} more tracks need one each; build a larger bank")
+            anon.check_free(len(taken), len(faces), "tracks")
         for i, (face, row) in enumerate(zip(faces, np.asarray(idx).reshape(len(faces), -1))):
             row = [int(j) for j in row if j >= 0]
             free = [j for j in row if j not in taken]
             if not free and strict:  # the nearest free fake further out (raises when the bank is used up)
-                free = [int(np.asarray(anon.bank.pair(feats[i:i + 1], reuse=False, taken=taken)).reshape(-1)[0])]
+                free = [anon.nearest_free(feats[i], taken)]
             free = free or row
             out.append(free[face_seed(self.seed, face) % len(free)])
             taken.add(out[-1])

@@ -101,10 +101,7 @@ def probe(path: str | Path) -> VideoInfo:
             frames = sum(1 for p in container.demux(stream) if p.size)
         if not ctx.width or not ctx.height or frames <= 0:
             raise InputError(f"{path.name}: the video stream has no frames")
-        container.seek(0)
-        first = next(container.decode(stream), None)
-        rotation = check_rotation(first.rotation) if first is not None else 0
-        return VideoInfo(rotation=rotation, path=path, width=int(ctx.width), height=int(ctx.height), frames=frames,
+        return VideoInfo(rotation=_display_rotation(container), path=path, width=int(ctx.width), height=int(ctx.height), frames=frames,
                          time_base=Fraction(stream.time_base), rate=stream.average_rate,
                          audio=len(container.streams.audio), metadata=dict(container.metadata),
                          subtitles=len(container.streams.subtitles), data=len(container.streams.data))
