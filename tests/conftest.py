@@ -41,6 +41,20 @@ def require_insightface() -> None:
         pytest.skip(reason)
 
 
+def require_mtcnn() -> None:
+    """Skip the test when MTCNN (``pip install --no-deps facenet-pytorch==2.6.0``) cannot be used here; fail it under
+    ``CI=true``."""
+    from falco.evaluation.detection import mtcnn_available
+
+    reason = mtcnn_available()
+    if reason is None:
+        return
+    msg = f"MTCNN unavailable: {reason} (it also needs `requests`)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 @pytest.fixture
 def insightface_installed() -> None:
     """:func:`require_insightface` as a fixture."""

@@ -20,7 +20,7 @@ from falco.evaluation.pairing import list_photo_pairs
 from falco.evaluation.summary import summarise_run
 from falco.evaluation.tools import build_tools
 from falco.run.image_files import load_image
-from tests.conftest import real_and_anon_folders, shared_path
+from tests.conftest import real_and_anon_folders, require_mtcnn, shared_path
 
 PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg", "2007_007763.jpg")
 
@@ -246,11 +246,9 @@ def test_batch_plan_by_device():
 
 def test_mtcnn_batches_equal_size_photos():
     """MTCNN over photos of one size in one call gives each photo's own boxes (the CUDA path, checked on the CPU)."""
-    from falco.evaluation.detection import mtcnn_available
     from falco.evaluation.detection import MtcnnEvalDetector
 
-    if mtcnn_available():
-        pytest.skip(mtcnn_available())
+    require_mtcnn()
     images = []
     for name in PHOTOS[:3]:
         img = load_image(shared_path("data", "faces", name))
@@ -267,10 +265,7 @@ def test_mtcnn_batches_equal_size_photos():
 
 
 def test_mtcnn_pass_fills_the_cache_like_the_per_photo_path(models, folders, small_inception):
-    from falco.evaluation.detection import mtcnn_available
-
-    if mtcnn_available():
-        pytest.skip(mtcnn_available())
+    require_mtcnn()
     real, anon = folders
     pairs = list_photo_pairs(real, anon)[:2]
     tools = build_tools(detectors=("hog", "mtcnn"), recognizers=(), classifiers=(), fid=False, device="cpu")

